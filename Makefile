@@ -1,0 +1,64 @@
+# Predictive customer indicators. `make` (or `make help`) lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+RUN := $(VENV)/bin
+DATA ?= data
+CUSTOMERS ?= 20000
+SEED ?= 42
+PORT ?= 3000
+
+export MLFLOW_DISABLE_TELEMETRY := true
+export BENTOML_DO_NOT_TRACK := True
+export DO_NOT_TRACK := 1
+export FEAST_USAGE := False
+export PYTHONDONTWRITEBYTECODE :=
+export UV_LINK_MODE := copy
+
+.PHONY: help setup train data features test test-all test-services bench lint clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+setup: $(VENV)/.synced ## Create .venv from nothing (exact versions from uv.lock)
+
+data: setup ## Generate synthetic customers into $(DATA)/ unless data is already there
+	@if [ -f $(DATA)/raw/transactions.parquet ]; then echo "data present in $(DATA)/raw"; \
+	else $(RUN)/indicators generate --customers $(CUSTOMERS) --seed $(SEED) --out $(DATA); fi
+
+features: data ## Build feature snapshots, apply the Feast repo, write latest values online
+	$(RUN)/indicators features --data-dir $(DATA)
+
+train: features ## The main job on the embedded default (data, features, models)
+	$(RUN)/indicators train --data-dir $(DATA)
+
+test: setup ## Run the fast test suite (what CI runs)
+	$(RUN)/pytest -q
+
+test-all: setup ## Run every test, including the slow ones
+	$(RUN)/pytest -q -m ""
+
+test-services: setup ## Tests against local PostgreSQL and Redis (production profile)
+	$(RUN)/pytest -q -m services
+
+bench: setup ## Benchmarks; figures and machine info go to bench/results.json
+	$(RUN)/python -m bench.run --out bench/results.json
+
+lint: setup ## Ruff lint
+	$(RUN)/ruff check .
+
+clean: ## Remove generated data and local MLflow store (keeps .venv)
+	rm -rf $(DATA) mlflow/mlflow.db mlflow/artifacts

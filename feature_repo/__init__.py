@@ -1,0 +1,1 @@
+"""Feast feature repository: the single definition of profile features."""

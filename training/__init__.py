@@ -1,0 +1,1 @@
+"""Training side of the customer-indicators project: data, features, models, evaluation."""

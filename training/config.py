@@ -1,0 +1,95 @@
+"""One configuration object, built once by the CLI and passed down (no globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where every artefact lives, all below one data directory."""
+
+    data_dir: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def truth(self) -> Path:
+        """Latent truth of generated data: read by tests and benchmarks only, never by features."""
+        return self.data_dir / "truth"
+
+    @property
+    def features(self) -> Path:
+        return self.data_dir / "features"
+
+    @property
+    def feast(self) -> Path:
+        """Feast registry and SQLite online store of the embedded default."""
+        return self.data_dir / "feast"
+
+    @property
+    def predictions(self) -> Path:
+        return self.data_dir / "predictions"
+
+    def raw_table(self, name: str) -> Path:
+        return self.raw / f"{name}.parquet"
+
+
+@dataclass(frozen=True)
+class SnapshotPlan:
+    """Which dates get a feature snapshot: a bounded set, not customers x days.
+
+    Monthly cutoffs going back ``months`` from the end of the data, plus the latest date.
+    Training cutoffs of the models are drawn from these dates.
+    """
+
+    months: int = 12
+    step_days: int = 30
+
+    def dates(self, data_end: datetime) -> list[datetime]:
+        """Snapshot timestamps (UTC, end of day boundaries), oldest first, ending at ``data_end``."""
+        end = as_utc(data_end)
+        return [end - timedelta(days=self.step_days * k) for k in range(self.months, -1, -1)]
+
+
+@dataclass(frozen=True)
+class FeastSettings:
+    """Embedded default (SQLite online, file registry) or production (Redis, PostgreSQL)."""
+
+    project: str = "customer_indicators"
+    online_store: str = "sqlite"  # or "redis"
+    redis_connection: str = "127.0.0.1:6379"
+    registry: str = "file"  # or "sql"
+    registry_path: str | None = None  # SQLAlchemy URL when registry == "sql"
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = PROJECT_ROOT / "data"
+    feature_repo: Path = PROJECT_ROOT / "feature_repo"
+    snapshots: SnapshotPlan = field(default_factory=SnapshotPlan)
+    feast: FeastSettings = field(default_factory=FeastSettings)
+    seed: int = 42
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(Path(self.data_dir).resolve())
+
+
+def as_utc(moment: datetime | date) -> datetime:
+    """A timezone-aware UTC datetime for a date or a naive/aware datetime."""
+    if not isinstance(moment, datetime):
+        moment = datetime(moment.year, moment.month, moment.day)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
