@@ -13,9 +13,7 @@ from pathlib import Path
 import pandas as pd
 from feast import FeatureService, FeatureStore, FeatureView, RepoConfig
 from feast.infra.offline_stores.file_source import FileSource
-from feast.repo_config import RegistryConfig
 
-from feature_repo import data_sources
 from feature_repo.entities import customer
 from feature_repo.feature_services import customer_indicators_v1
 from feature_repo.feature_views import customer_behaviour, customer_profile, customer_transactions
@@ -35,9 +33,9 @@ def repo_config(config: Config) -> RepoConfig:
     if settings.registry == "sql":
         if not settings.registry_path:
             raise ValueError("feast.registry 'sql' needs feast.registry_path (a SQLAlchemy URL)")
-        registry = RegistryConfig(registry_type="sql", path=settings.registry_path, cache_ttl_seconds=60)
+        registry = {"registry_type": "sql", "path": settings.registry_path, "cache_ttl_seconds": 60}
     else:
-        registry = RegistryConfig(path=str(paths.feast / "registry.db"), cache_ttl_seconds=60)
+        registry = {"registry_type": "file", "path": str(paths.feast / "registry.db"), "cache_ttl_seconds": 60}
     if settings.online_store == "redis":
         online = {"type": "redis", "connection_string": settings.redis_connection}
     else:

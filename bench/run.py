@@ -1,0 +1,847 @@
+"""Benchmarks: generation and snapshots at scale, point-in-time retrieval, online lookups.
+
+    python -m bench.run --out bench/results.json [--sizes 100000,1000000] [--quick]
+
+Every measured step runs in a child process of its own (``python -m bench.run --step NAME``).
+The child times the call it benchmarks and reports its own peak RSS (``VmHWM``, which starts
+afresh at ``exec``); the parent also polls the child's RSS and stops it past a time or memory
+limit. Figures and machine information go to one JSON file, rewritten after every section so
+an interrupted run keeps what it measured; a short summary is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 1024**3
+
+# Targets of the issue.
+TARGET_SCALE_CUSTOMERS = 1_000_000
+TARGET_SCALE_SECONDS = 600.0
+TARGET_PEAK_BYTES = 8 * GIB
+TARGET_RETRIEVAL_RATIO = 1.5
+TARGET_ONLINE_P99_MS = 2.0
+
+CHILD_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "BENTOML_DO_NOT_TRACK": "True",
+    "DO_NOT_TRACK": "1",
+    "FEAST_USAGE": "False",
+}
+PACKAGES = ("duckdb", "feast", "pandas", "pyarrow", "numpy", "ibis-framework")
+
+Args = dict[str, Any]
+Result = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# Settings and machine information
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to run; built once from the command line."""
+
+    sizes: list[int] = field(default_factory=lambda: [100_000, 1_000_000])
+    entity_rows: int = 1_000_000
+    fallback_entity_rows: int = 200_000
+    training_frame_rows: int = 100_000
+    online_customers: int = 20_000
+    online_single_calls: int = 2_000
+    online_batch_calls: int = 300
+    online_batch_size: int = 100
+    online_warmup_calls: int = 50
+    seed: int = 42
+    feast_limit_seconds: int = 600
+    step_timeout_seconds: int = 3_600
+    memory_limit_bytes: int = 14 * GIB
+    work_dir: str | None = None
+    keep: bool = False
+
+
+def machine_info() -> Result:
+    """CPU, memory, Python, platform and the versions of the packages that do the work."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": _proc_field("/proc/cpuinfo", "model name"),
+        "memory_total_bytes": _meminfo_bytes("MemTotal"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def _proc_field(path: str, key: str) -> str | None:
+    """The first ``key: value`` of a /proc file, or None off Linux."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == key:
+                return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def _meminfo_bytes(key: str) -> int | None:
+    value = _proc_field("/proc/meminfo", key)
+    return int(value.split()[0]) * 1024 if value else None
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process: ``VmHWM`` (per exec), else ``ru_maxrss``."""
+    hwm = _proc_field("/proc/self/status", "VmHWM")
+    if hwm:
+        return int(hwm.split()[0]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Child processes: one per measured step
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepOutcome:
+    """What a child step reported, plus what the parent observed of it."""
+
+    name: str
+    ok: bool
+    result: Result
+    process_seconds: float
+    polled_peak_rss_bytes: int
+    failure: str | None = None
+
+    def as_dict(self) -> Result:
+        return {
+            "ok": self.ok,
+            **self.result,
+            "process_seconds": round(self.process_seconds, 3),
+            "polled_peak_rss_bytes": self.polled_peak_rss_bytes,
+            **({"failure": self.failure} if self.failure else {}),
+        }
+
+
+def run_step(name: str, args: Args, logs: Path, timeout: float, memory_limit: int) -> StepOutcome:
+    """Run one step in a fresh interpreter; stop it past ``timeout`` seconds or ``memory_limit``."""
+    import psutil
+
+    logs.mkdir(parents=True, exist_ok=True)
+    stem = f"{len(list(logs.glob('*.log'))):02d}-{name}"
+    log_file, result_file = logs / f"{stem}.log", logs / f"{stem}.json"
+    command = [
+        sys.executable, "-m", "bench.run", "--step", name,
+        "--step-args", json.dumps(args), "--result-file", str(result_file),
+    ]  # fmt: skip
+    env = {**os.environ, **CHILD_ENV}
+    print(f"[bench] {name} {json.dumps(args)}", flush=True)
+    started = time.perf_counter()
+    peak, failure = 0, None
+    with open(log_file, "w") as log:
+        child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        watched = psutil.Process(child.pid)
+        while child.poll() is None:
+            rss = _tree_rss(watched)
+            peak = max(peak, rss)
+            if rss > memory_limit:
+                failure = f"stopped: RSS {rss / GIB:.1f} GiB above the {memory_limit / GIB:.0f} GiB limit"
+            elif time.perf_counter() - started > timeout:
+                failure = f"stopped: no result after {timeout:.0f} s"
+            if failure:
+                child.kill()
+                child.wait()
+                break
+            time.sleep(0.1)
+    elapsed = time.perf_counter() - started
+    if failure is None and child.returncode != 0:
+        failure = _exit_reason(child.returncode) + ": " + _tail(log_file)
+    result = json.loads(result_file.read_text()) if failure is None else {}
+    print(f"[bench] {name} {'done' if failure is None else 'FAILED'} in {elapsed:.1f} s", flush=True)
+    return StepOutcome(name, failure is None, result, elapsed, peak, failure)
+
+
+def _tree_rss(process: Any) -> int:
+    """RSS of a process and its descendants (0 once it has gone)."""
+    import psutil
+
+    try:
+        members = [process, *process.children(recursive=True)]
+        return sum(member.memory_info().rss for member in members)
+    except psutil.Error:
+        return 0
+
+
+def _exit_reason(returncode: int) -> str:
+    if returncode == -signal.SIGALRM:
+        return "time limit reached (SIGALRM)"
+    if returncode == -signal.SIGKILL:
+        return "killed (SIGKILL, likely out of memory)"
+    return f"exit code {returncode}"
+
+
+def _tail(log_file: Path, chars: int = 1500) -> str:
+    return log_file.read_text(errors="replace")[-chars:]
+
+
+def run_child(name: str, args: Args, result_file: Path) -> int:
+    """Entry point inside a child: run the step and write its result with this process's peak RSS."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    result = STEPS[name](args)
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    result_file.write_text(json.dumps(result, default=str))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Steps (run inside children; heavy imports stay here)
+# --------------------------------------------------------------------------------------------
+
+
+def step_generate(args: Args) -> Result:
+    """Time ``generate`` for ``customers`` customers over the default two years."""
+    from training.data.generate import GenerationSpec, generate
+
+    spec = GenerationSpec(customers=args["customers"], seed=args["seed"])
+    out = Path(args["data_dir"])
+    started = time.perf_counter()
+    summary = generate(spec, out)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": round(seconds, 3),
+        "customers": summary.customers,
+        "history_days": spec.days,
+        "transactions": summary.transactions,
+        "events": summary.events,
+        "raw_bytes": _dir_bytes(out / "raw"),
+    }
+
+
+def step_snapshots(args: Args) -> Result:
+    """Time ``build_snapshots(paths, SnapshotPlan().dates(data_end(paths)))``."""
+    import pyarrow.parquet as pq
+
+    from training.config import Paths, SnapshotPlan
+    from training.features.snapshots import build_snapshots, data_end
+
+    paths = Paths(Path(args["data_dir"]))
+    started = time.perf_counter()
+    end = data_end(paths)
+    ended = time.perf_counter()
+    dates = SnapshotPlan().dates(end)
+    written = build_snapshots(paths, dates)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": round(seconds, 3),
+        "data_end_seconds": round(ended - started, 3),
+        "snapshot_dates": len(dates),
+        "rows": {view: pq.ParquetFile(path).metadata.num_rows for view, path in written.items()},
+        "features_bytes": _dir_bytes(paths.features),
+    }
+
+
+def step_prepare_retrieval(args: Args) -> Result:
+    """Apply the Feast repo and write ``rows`` random (customer, cutoff) entity rows."""
+    import duckdb
+    import pandas as pd
+
+    from training.config import Config
+    from training.features.store import apply, feature_store
+
+    config = Config(data_dir=Path(args["data_dir"]))
+    started = time.perf_counter()
+    apply(feature_store(config), config.paths)
+    apply_seconds = time.perf_counter() - started
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    snapshots = config.paths.features / "customer_transactions.parquet"
+    ids = con.sql(f"SELECT DISTINCT customer_id FROM read_parquet('{snapshots}') ORDER BY 1").df()
+    dates = con.sql(f"SELECT DISTINCT snapshot_at FROM read_parquet('{snapshots}') ORDER BY 1").df()
+    dates = pd.to_datetime(dates["snapshot_at"], utc=True)
+    entities = entity_rows(ids["customer_id"].to_numpy(), dates.min(), dates.max(), args["rows"], args["seed"])
+    entities.to_parquet(args["entities_file"], index=False)
+    return {
+        "apply_seconds": round(apply_seconds, 3),
+        "rows": len(entities),
+        "customers_sampled_from": len(ids),
+        "cutoff_range": [str(dates.min()), str(dates.max())],
+        "share_on_snapshot_dates": float(entities["event_timestamp"].isin(dates).mean()),
+    }
+
+
+def entity_rows(customer_ids: Any, first: Any, last: Any, rows: int, seed: int) -> Any:
+    """``rows`` random customers (with replacement), each with a random cutoff in [first, last]."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    customers = rng.choice(customer_ids, size=rows)
+    span = int((last - first).total_seconds())
+    cutoffs = first + pd.to_timedelta(rng.integers(0, span + 1, size=rows), unit="s")
+    return pd.DataFrame(
+        {
+            "_row": np.arange(rows, dtype=np.int64),
+            "customer_id": customers.astype(object),
+            "event_timestamp": pd.DatetimeIndex(cutoffs).as_unit("us"),
+        }
+    )
+
+
+def batch_feature_refs() -> list[str]:
+    """``view:feature`` for every field of the three batch views (no on-demand view)."""
+    from training.features.store import BATCH_VIEWS
+
+    return [f"{view.name}:{feature.name}" for view in BATCH_VIEWS for feature in view.features]
+
+
+def step_feast_retrieval(args: Args) -> Result:
+    """Time Feast ``get_historical_features(...).to_df()`` for the batch views.
+
+    The step kills itself (SIGALRM) once the retrieval passes ``limit_seconds``.
+    """
+    import pandas as pd
+
+    from training.config import Config
+    from training.features.store import feature_store
+
+    store = feature_store(Config(data_dir=Path(args["data_dir"])))
+    entities = pd.read_parquet(args["entities_file"]).head(args["rows"])
+    refs = batch_feature_refs()
+    signal.alarm(args["limit_seconds"])
+    started = time.perf_counter()
+    job = store.get_historical_features(entity_df=entities, features=refs)
+    planned = time.perf_counter()
+    frame = job.to_df()
+    seconds = time.perf_counter() - started
+    signal.alarm(0)
+    frame.to_parquet(args["out_file"], index=False)
+    return {
+        "seconds": round(seconds, 3),
+        "plan_seconds": round(planned - started, 3),
+        "execute_seconds": round(seconds - (planned - started), 3),
+        "rows": len(frame),
+        "features": len(refs),
+    }
+
+
+def asof_sql(features_dir: Path) -> str:
+    """The batch views joined to ``entities`` by hand: DuckDB ASOF joins with Feast's TTLs.
+
+    A snapshot matches when ``snapshot_at <= cutoff`` (the latest one wins); with a TTL its
+    values count only while ``snapshot_at >= cutoff - ttl``, Feast's inclusive bounds.
+    """
+    from training.features.store import BATCH_VIEWS
+
+    columns = ["e._row", "e.customer_id", "e.event_timestamp"]
+    joins = []
+    for k, view in enumerate(BATCH_VIEWS):
+        alias, ts = f"f{k}", view.batch_source.timestamp_field
+        source = features_dir / Path(view.batch_source.path).name
+        ttl = int(view.ttl.total_seconds()) if view.ttl else 0
+        fresh = f"{alias}.{ts} >= e.event_timestamp - INTERVAL '{ttl} seconds'"
+        for feature in view.features:
+            value = f'{alias}."{feature.name}"'
+            expr = f"CASE WHEN {fresh} THEN {value} END" if ttl else value
+            columns.append(f'{expr} AS "{feature.name}"')
+        joins.append(
+            f"ASOF LEFT JOIN read_parquet('{source}') AS {alias} "
+            f"ON e.customer_id = {alias}.customer_id AND e.event_timestamp >= {alias}.{ts}"
+        )
+    return "SELECT " + ",\n       ".join(columns) + "\nFROM entities AS e\n" + "\n".join(joins)
+
+
+def step_asof_retrieval(args: Args) -> Result:
+    """Time the hand-written ASOF join, then compare its result with Feast's, row by row."""
+    import duckdb
+    import pandas as pd
+
+    from training.config import Paths
+
+    paths = Paths(Path(args["data_dir"]))
+    entities = pd.read_parquet(args["entities_file"]).head(args["rows"])
+    sql = asof_sql(paths.features)
+    started = time.perf_counter()
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("entities", entities)
+    frame = con.sql(sql).df()
+    seconds = time.perf_counter() - started
+    result: Result = {"seconds": round(seconds, 3), "rows": len(frame)}
+    feast_file = Path(args["feast_file"]) if args.get("feast_file") else None
+    if feast_file is not None and feast_file.exists():
+        result["agreement"] = compare_frames(frame, pd.read_parquet(feast_file))
+    return result
+
+
+def compare_frames(asof: Any, feast: Any) -> Result:
+    """Mismatching values per feature column of two results sorted by ``_row``."""
+    asof = asof.sort_values("_row").reset_index(drop=True)
+    feast = feast.sort_values("_row").reset_index(drop=True)
+    if len(asof) != len(feast) or not (asof["_row"].to_numpy() == feast["_row"].to_numpy()).all():
+        return {"same_rows": False, "rows_asof": len(asof), "rows_feast": len(feast)}
+    columns = [c for c in asof.columns if c not in {"_row", "customer_id", "event_timestamp"}]
+    per_column = {c: _mismatches(asof[c], feast[c]) for c in columns if c in feast.columns}
+    return {
+        "same_rows": True,
+        "columns_compared": len(per_column),
+        "columns_missing_in_feast": sorted(set(columns) - set(feast.columns)),
+        "mismatches_total": sum(per_column.values()),
+        "mismatches": {c: n for c, n in per_column.items() if n},
+        "non_null_share": {
+            c: round(float(feast[c].notna().mean()), 4)
+            for c in ("purchase_days_90d", "sessions_30d", "region")
+            if c in feast.columns
+        },
+    }
+
+
+def _mismatches(left: Any, right: Any) -> int:
+    """Values that differ (both missing counts as equal; floats compared to 1e-9 relative)."""
+    import numpy as np
+    import pandas as pd
+    from pandas.api import types
+
+    left_na, right_na = left.isna().to_numpy(), right.isna().to_numpy()
+    if types.is_datetime64_any_dtype(left) or types.is_datetime64_any_dtype(right):
+        a = pd.to_datetime(left, utc=True).dt.as_unit("us")
+        b = pd.to_datetime(right, utc=True).dt.as_unit("us")
+        equal = (a == b).to_numpy()
+    elif types.is_numeric_dtype(left) and types.is_numeric_dtype(right):
+        a = left.to_numpy(dtype=float, na_value=np.nan)
+        b = right.to_numpy(dtype=float, na_value=np.nan)
+        equal = np.isclose(a, b, rtol=1e-9, atol=1e-12)
+    else:
+        equal = left.astype(object).to_numpy() == right.astype(object).to_numpy()
+    differ = ~(equal | (left_na & right_na)) | (left_na ^ right_na)
+    return int(differ.sum())
+
+
+def step_training_frame(args: Args) -> Result:
+    """Time ``training_frame`` (the full feature service, on-demand view included)."""
+    import pandas as pd
+
+    from training.config import Config
+    from training.features.store import feature_store, training_frame
+
+    store = feature_store(Config(data_dir=Path(args["data_dir"])))
+    entities = pd.read_parquet(args["entities_file"]).head(args["rows"])
+    rows = pd.DataFrame({"customer_id": entities["customer_id"], "cutoff": entities["event_timestamp"]})
+    started = time.perf_counter()
+    frame = training_frame(store, rows)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": round(seconds, 3),
+        "rows": len(frame),
+        "columns": frame.shape[1],
+        "days_since_last_purchase_non_null": round(float(frame["days_since_last_purchase"].notna().mean()), 4),
+    }
+
+
+def step_online_prepare(args: Args) -> Result:
+    """Generate a small data set, snapshot it, apply the repo and time ``write_latest_online``."""
+    from training.config import Config, SnapshotPlan
+    from training.data.generate import GenerationSpec, generate
+    from training.features.snapshots import build_snapshots, data_end
+    from training.features.store import apply, feature_store, write_latest_online
+
+    config = Config(data_dir=Path(args["data_dir"]))
+    paths = config.paths
+    generate(GenerationSpec(customers=args["customers"], seed=args["seed"]), paths.data_dir)
+    build_snapshots(paths, SnapshotPlan().dates(data_end(paths)))
+    store = feature_store(config)
+    apply(store, paths)
+    started = time.perf_counter()
+    written = write_latest_online(store, paths)
+    seconds = time.perf_counter() - started
+    rows = sum(written.values())
+    return {
+        "customers": args["customers"],
+        "write_seconds": round(seconds, 3),
+        "rows_written": written,
+        "rows_per_second": round(rows / seconds, 1),
+        "ms_per_customer": round(1e3 * seconds / args["customers"], 3),
+    }
+
+
+def step_online_latency(args: Args) -> Result:
+    """Latency of ``get_online_features``: full service and batch views, 1 and N customers."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from training.config import Config
+    from training.features.snapshots import data_end
+    from training.features.store import DEFAULT_SERVICE, REQUEST_TIME, feature_store
+
+    config = Config(data_dir=Path(args["data_dir"]))
+    store = feature_store(config)
+    service = store.get_feature_service(DEFAULT_SERVICE)  # resolved once, as a server would
+    refs = batch_feature_refs()
+    ids = pq.read_table(config.paths.features / "customer_profile.parquet", columns=["customer_id"])
+    ids = np.asarray(ids.column("customer_id").to_pylist(), dtype=object)
+    as_of = data_end(config.paths)
+    rng = np.random.default_rng(args["seed"])
+    warmup = args["warmup_calls"]
+
+    def batches(size: int, calls: int, with_time: bool) -> list[list[dict]]:
+        picks = rng.choice(ids, size=(warmup + calls, size))
+        extra = {REQUEST_TIME: as_of} if with_time else {}
+        return [[{"customer_id": cid, **extra} for cid in row] for row in picks]
+
+    def measure(features: Any, size: int, calls: int, with_time: bool) -> Result:
+        return _latency(lambda rows: store.get_online_features(features=features, entity_rows=rows),
+                        batches(size, calls, with_time), warmup)  # fmt: skip
+
+    n, single, batch = args["batch_size"], args["single_calls"], args["batch_calls"]
+    results = {
+        "service_1": measure(service, 1, single, True),
+        f"service_{n}": measure(service, n, batch, True),
+        "batch_views_1": measure(refs, 1, single, False),
+        f"batch_views_{n}": measure(refs, n, batch, False),
+    }
+    probe = store.get_online_features(features=service, entity_rows=batches(n, 1, True)[0])
+    started = time.perf_counter()
+    values = probe.to_dict()
+    to_dict_ms = 1e3 * (time.perf_counter() - started)
+    return {
+        "latency": results,
+        "as_of": str(as_of),
+        "to_dict_ms_for_batch": round(to_dict_ms, 3),
+        "non_null_share": {
+            name: round(sum(v is not None for v in values[name]) / len(values[name]), 3)
+            for name in ("purchase_days_90d", "days_since_last_purchase", "region")
+        },
+    }
+
+
+def _latency(call: Callable[[list[dict]], Any], batches: list[list[dict]], warmup: int) -> Result:
+    """Percentiles in ms of ``call`` over ``batches``, the first ``warmup`` calls discarded."""
+    import numpy as np
+
+    timings = []
+    for k, rows in enumerate(batches):
+        started = time.perf_counter()
+        call(rows)
+        if k >= warmup:
+            timings.append(time.perf_counter() - started)
+    ms = np.asarray(timings) * 1e3
+    return {
+        "calls": len(ms),
+        "entities_per_call": len(batches[0]),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p90_ms": round(float(np.percentile(ms, 90)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+        "max_ms": round(float(ms.max()), 3),
+    }
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+STEPS: dict[str, Callable[[Args], Result]] = {
+    "generate": step_generate,
+    "snapshots": step_snapshots,
+    "prepare_retrieval": step_prepare_retrieval,
+    "feast_retrieval": step_feast_retrieval,
+    "asof_retrieval": step_asof_retrieval,
+    "training_frame": step_training_frame,
+    "online_prepare": step_online_prepare,
+    "online_latency": step_online_latency,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Sections (run in the parent, which stays small)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """The parent's context: settings, scratch directory and the step runner."""
+
+    settings: Settings
+    work: Path
+
+    def step(self, name: str, args: Args, timeout: float | None = None) -> StepOutcome:
+        timeout = timeout or self.settings.step_timeout_seconds
+        return run_step(name, args, self.work / "logs", timeout, self.settings.memory_limit_bytes)
+
+
+def bench_scale(bench: Bench, size: int, keep_features: bool) -> Result:
+    """Generation and snapshots for ``size`` customers, each step in its own process."""
+    data_dir = bench.work / f"customers-{size}"
+    generated = bench.step("generate", {"data_dir": str(data_dir), "customers": size, "seed": bench.settings.seed})
+    section: Result = {"customers": size, "generate": generated.as_dict()}
+    if generated.ok:
+        snapshots = bench.step("snapshots", {"data_dir": str(data_dir)})
+        section["snapshots"] = snapshots.as_dict()
+        if snapshots.ok:
+            total = generated.result["seconds"] + snapshots.result["seconds"]
+            peak = max(generated.result["peak_rss_bytes"], snapshots.result["peak_rss_bytes"])
+            section["total_seconds"] = round(total, 3)
+            section["peak_rss_bytes"] = peak
+            section["meets_target"] = {
+                "seconds": total < TARGET_SCALE_SECONDS,
+                "peak_memory": peak < TARGET_PEAK_BYTES,
+                "all": total < TARGET_SCALE_SECONDS and peak < TARGET_PEAK_BYTES,
+            }
+    for kept in ("raw", "truth", ".duckdb_tmp") if keep_features else ():
+        shutil.rmtree(data_dir / kept, ignore_errors=True)
+    if not keep_features:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return section
+
+
+def bench_retrieval(bench: Bench, data_dir: Path, customers: int) -> Result:
+    """Feast point-in-time retrieval against a hand-written ASOF join, on the same entity rows."""
+    settings = bench.settings
+    folder = bench.work / "retrieval"
+    folder.mkdir(parents=True, exist_ok=True)
+    entities_file = folder / "entities.parquet"
+    common = {"data_dir": str(data_dir), "entities_file": str(entities_file)}
+    prepared = bench.step("prepare_retrieval", {**common, "rows": settings.entity_rows, "seed": settings.seed})
+    section: Result = {"customers": customers, "prepare": prepared.as_dict()}
+    if not prepared.ok:
+        return section
+
+    attempts, feast = [], None
+    for rows in dict.fromkeys([settings.entity_rows, min(settings.fallback_entity_rows, settings.entity_rows)]):
+        feast_file = folder / f"feast-{rows}.parquet"
+        args = {**common, "rows": rows, "out_file": str(feast_file), "limit_seconds": settings.feast_limit_seconds}
+        feast = bench.step("feast_retrieval", args, timeout=settings.feast_limit_seconds + 300)
+        attempts.append({"rows": rows, "ok": feast.ok, "failure": feast.failure})
+        if feast.ok:
+            break
+    rows = attempts[-1]["rows"]
+    section["entity_rows_requested"] = settings.entity_rows
+    section["entity_rows_used"] = rows
+    section["fallback"] = None if len(attempts) == 1 else {"attempts": attempts}
+    section["feast"] = feast.as_dict()
+    asof = bench.step("asof_retrieval", {**common, "rows": rows, "feast_file": str(feast_file) if feast.ok else None})
+    section["asof"] = asof.as_dict()
+    if feast.ok and asof.ok:
+        ratio = feast.result["seconds"] / asof.result["seconds"]
+        section["ratio_feast_to_asof"] = round(ratio, 2)
+        section["meets_target"] = ratio <= TARGET_RETRIEVAL_RATIO
+    frame_rows = min(settings.training_frame_rows, settings.entity_rows)
+    section["training_frame"] = bench.step("training_frame", {**common, "rows": frame_rows}).as_dict()
+    return section
+
+
+def bench_online(bench: Bench) -> Result:
+    """Online write of the latest values and lookup latency on a small separate data set."""
+    settings = bench.settings
+    data_dir = bench.work / "online"
+    prepared = bench.step(
+        "online_prepare",
+        {"data_dir": str(data_dir), "customers": settings.online_customers, "seed": settings.seed},
+    )
+    section: Result = {"write": prepared.as_dict()}
+    if prepared.ok:
+        latency = bench.step(
+            "online_latency",
+            {
+                "data_dir": str(data_dir),
+                "seed": settings.seed,
+                "single_calls": settings.online_single_calls,
+                "batch_calls": settings.online_batch_calls,
+                "batch_size": settings.online_batch_size,
+                "warmup_calls": settings.online_warmup_calls,
+            },
+        )
+        section["lookup"] = latency.as_dict()
+        if latency.ok:
+            p99 = latency.result["latency"]["service_1"]["p99_ms"]
+            section["meets_target"] = p99 < TARGET_ONLINE_P99_MS
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return section
+
+
+def targets(report: Result) -> Result:
+    """Every target of the issue with its measured figure and whether it is met."""
+    scale = next((s for s in report.get("scale", []) if s["customers"] == TARGET_SCALE_CUSTOMERS), None)
+    retrieval = report.get("retrieval") or {}
+    lookup = ((report.get("online") or {}).get("lookup") or {}).get("latency") or {}
+    return {
+        "scale_1m_seconds_under_600": None if not scale or "meets_target" not in scale
+        else {"value": scale["total_seconds"], "met": scale["meets_target"]["seconds"]},
+        "scale_1m_peak_memory_under_8gib": None if not scale or "meets_target" not in scale
+        else {"value_gib": round(scale["peak_rss_bytes"] / GIB, 2), "met": scale["meets_target"]["peak_memory"]},
+        "retrieval_ratio_at_most_1_5": None if "ratio_feast_to_asof" not in retrieval
+        else {"value": retrieval["ratio_feast_to_asof"], "met": retrieval["meets_target"],
+              "entity_rows": retrieval["entity_rows_used"]},
+        "online_p99_1_customer_under_2ms": None if "service_1" not in lookup
+        else {"value_ms": lookup["service_1"]["p99_ms"], "met": lookup["service_1"]["p99_ms"] < TARGET_ONLINE_P99_MS},
+    }  # fmt: skip
+
+
+def run_benchmark(settings: Settings, out: Path) -> Result:
+    """Every section in turn, the report saved to ``out`` after each one."""
+    if settings.work_dir:
+        Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir=settings.work_dir))
+    bench = Bench(settings, work)
+    report: Result = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "complete": False,
+        "machine": machine_info(),
+        "settings": asdict(settings),
+        "targets_stated": {
+            "scale": f"{TARGET_SCALE_CUSTOMERS:,} customers generated + snapshotted in < {TARGET_SCALE_SECONDS:.0f} s",
+            "memory": f"peak RSS < {TARGET_PEAK_BYTES / GIB:.0f} GiB",
+            "retrieval": f"Feast / ASOF join <= {TARGET_RETRIEVAL_RATIO}",
+            "online": f"p99 < {TARGET_ONLINE_P99_MS} ms, 1 customer, full feature service",
+        },
+    }
+    try:
+        largest = max(settings.sizes)
+        report["scale"] = []
+        for size in sorted(settings.sizes):
+            report["scale"].append(bench_scale(bench, size, keep_features=size == largest))
+            save(report, out)
+        scaled = report["scale"][-1]
+        if scaled.get("snapshots", {}).get("ok"):
+            report["retrieval"] = bench_retrieval(bench, work / f"customers-{largest}", largest)
+        else:
+            report["retrieval"] = {"skipped": "snapshots of the largest size failed"}
+        save(report, out)
+        report["online"] = bench_online(bench)
+        report["targets"] = targets(report)
+        report["complete"] = True
+        report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        save(report, out)
+    finally:
+        if settings.keep:
+            print(f"[bench] scratch data kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def save(report: Result, out: Path) -> None:
+    """Write the report atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    partial.replace(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Summary and command line
+# --------------------------------------------------------------------------------------------
+
+
+def summary(report: Result) -> str:
+    """A few lines a person can read."""
+    lines = [f"machine: {report['machine']['cpu_count']} CPU {report['machine']['cpu_model']}, "
+             f"{(report['machine']['memory_total_bytes'] or 0) / GIB:.0f} GiB"]  # fmt: skip
+    for scale in report.get("scale", []):
+        gen, snap = scale.get("generate", {}), scale.get("snapshots", {})
+        if "total_seconds" in scale:
+            lines.append(
+                f"scale {scale['customers']:>9,}: generate {gen['seconds']:7.1f} s ({gen['peak_rss_bytes'] / GIB:.2f} GiB)"
+                f" + snapshots {snap['seconds']:7.1f} s ({snap['peak_rss_bytes'] / GIB:.2f} GiB)"
+                f" = {scale['total_seconds']:7.1f} s; {gen['transactions']:,} tx, {gen['events']:,} events;"
+                f" target {'met' if scale['meets_target']['all'] else 'MISSED'}"
+            )
+        else:
+            lines.append(f"scale {scale['customers']:>9,}: FAILED {gen.get('failure') or snap.get('failure')}")
+    retrieval = report.get("retrieval") or {}
+    if "feast" in retrieval:
+        feast, asof = retrieval["feast"], retrieval.get("asof", {})
+        agreement = asof.get("agreement", {})
+        lines.append(
+            f"retrieval {retrieval['entity_rows_used']:,} rows over {retrieval['customers']:,} customers: "
+            f"Feast {feast.get('seconds', float('nan')):.1f} s ({feast.get('peak_rss_bytes', 0) / GIB:.2f} GiB), "
+            f"ASOF {asof.get('seconds', float('nan')):.1f} s ({asof.get('peak_rss_bytes', 0) / GIB:.2f} GiB), "
+            f"ratio {retrieval.get('ratio_feast_to_asof')}; mismatches {agreement.get('mismatches_total')}"
+            + (" (fallback)" if retrieval.get("fallback") else "")
+        )
+        frame = retrieval.get("training_frame", {})
+        if frame.get("ok"):
+            lines.append(f"training_frame (full service) {frame['rows']:,} rows: {frame['seconds']:.1f} s")
+    online = report.get("online") or {}
+    write = online.get("write", {})
+    if write.get("ok"):
+        lines.append(f"online write {write['customers']:,} customers: {write['write_seconds']:.1f} s "
+                     f"({write['rows_per_second']:,.0f} rows/s)")  # fmt: skip
+    for name, figures in ((online.get("lookup") or {}).get("latency") or {}).items():
+        lines.append(f"online {name:<15} p50 {figures['p50_ms']:7.3f} ms  p99 {figures['p99_ms']:7.3f} ms  "
+                     f"mean {figures['mean_ms']:7.3f} ms  ({figures['calls']} calls)")  # fmt: skip
+    for name, target in (report.get("targets") or {}).items():
+        verdict = "n/a" if target is None else ("met" if target["met"] else "MISSED")
+        lines.append(f"target {name}: {verdict}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--sizes", help="customer counts, comma separated (default 100000,1000000)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 20000 customers, 100k entity rows")
+    parser.add_argument("--entity-rows", type=int, help="entity rows of the retrieval benchmark (default 1,000,000)")
+    parser.add_argument("--work-dir", help="parent of the scratch directory (default: the system temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch data")
+    parser.add_argument("--memory-limit-gb", type=float, default=14.0, help="stop a step above this RSS")
+    parser.add_argument("--step", help=argparse.SUPPRESS)
+    parser.add_argument("--step-args", help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    sizes = [20_000] if args.quick else [100_000, 1_000_000]
+    if args.sizes:
+        sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    entity_rows = args.entity_rows or (100_000 if args.quick else 1_000_000)
+    return Settings(
+        sizes=sizes,
+        entity_rows=entity_rows,
+        work_dir=args.work_dir,
+        keep=args.keep,
+        memory_limit_bytes=int(args.memory_limit_gb * GIB),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.step:
+        return run_child(args.step, json.loads(args.step_args), Path(args.result_file))
+    os.environ.update(CHILD_ENV)
+    out = args.out if args.out.is_absolute() else Path.cwd() / args.out
+    report = run_benchmark(settings_from(args), out)
+    print(summary(report))
+    print(f"[bench] results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Shared fixtures: one small generated data set with snapshots and a Feast store, per session."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+os.environ.setdefault("FEAST_USAGE", "False")
+
+SMALL_CUSTOMERS = 2_000
+
+
+@dataclass(frozen=True)
+class FeatureWorld:
+    """A generated data set with its snapshots, applied Feast repo and online store."""
+
+    config: object
+    store: object
+    cutoffs: list[datetime]
+
+    @property
+    def paths(self):
+        return self.config.paths
+
+
+@pytest.fixture(scope="session")
+def generated_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.data.generate import GenerationSpec, generate
+
+    root = tmp_path_factory.mktemp("generated")
+    generate(GenerationSpec(customers=SMALL_CUSTOMERS, seed=7), root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def feature_world(generated_dir: Path) -> FeatureWorld:
+    from training.config import Config, SnapshotPlan
+    from training.features import store as feature_store
+    from training.features.snapshots import build_snapshots, data_end
+
+    config = Config(data_dir=generated_dir, snapshots=SnapshotPlan(months=6, step_days=30))
+    cutoffs = config.snapshots.dates(data_end(config.paths))
+    build_snapshots(config.paths, cutoffs)
+    store = feature_store.feature_store(config)
+    feature_store.apply(store, config.paths)
+    feature_store.write_latest_online(store, config.paths)
+    return FeatureWorld(config=config, store=store, cutoffs=cutoffs)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order: fast unit tests first, heavy fixture users later (fails surface sooner)."""
+    items.sort(key=lambda item: "feature_world" in getattr(item, "fixturenames", ()))

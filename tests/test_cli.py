@@ -1,0 +1,42 @@
+"""The command line: help everywhere, generate and features end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from training.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", ["generate", "ingest", "features"])
+def test_every_command_and_option_has_help(command: str) -> None:
+    import click
+    import typer.main
+
+    group = typer.main.get_command(app)
+    cmd = group.get_command(click.Context(group), command)
+    assert cmd.help
+    for param in cmd.params:
+        if isinstance(param, click.Option) and param.name != "help":
+            assert param.help, f"{command} --{param.name} has no help"
+    assert runner.invoke(app, [command, "--help"]).exit_code == 0
+
+
+def test_generate_then_features_from_the_command_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["generate", "--customers", "300", "--seed", "1", "--days", "200", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "raw" / "transactions.parquet").exists()
+    result = runner.invoke(app, ["features", "--data-dir", str(tmp_path), "--months", "2"])
+    assert result.exit_code == 0, result.output
+    assert "online store" in result.output
+    assert (tmp_path / "features" / "customer_transactions.parquet").exists()
+
+
+def test_features_without_data_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["features", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no transaction log" in result.output and "Traceback" not in result.output

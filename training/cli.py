@@ -1,0 +1,198 @@
+"""The ``indicators`` command line: every step of the pipeline, one command each."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from training.config import PROJECT_ROOT, Config, SnapshotPlan
+
+app = typer.Typer(
+    help="Predictive indicators for customer profiles: data, features, models, scores.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path,
+    typer.Option("--data-dir", help="Root of the working data (raw/, quarantine/, features/, feast/)."),
+]
+DEFAULT_DATA = PROJECT_ROOT / "data"
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def generate(
+    customers: Annotated[int, typer.Option(min=1, help="Number of customers to generate.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical files.")] = 42,
+    out: Annotated[Path, typer.Option(help="Data root: writes raw/ and truth/ below it.")] = DEFAULT_DATA,
+    start: Annotated[
+        datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the history (UTC).")
+    ] = datetime(2024, 11, 1),
+    days: Annotated[int, typer.Option(min=30, help="Length of the history in days.")] = 730,
+) -> None:
+    """Generate synthetic customers, transactions and behaviour from a latent BTYD process."""
+    from training.data.generate import GenerationSpec
+    from training.data.generate import generate as run_generation
+
+    spec = GenerationSpec(customers=customers, seed=seed, start=start.date(), days=days)
+    began = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("generating customers", total=customers)
+        summary = run_generation(spec, out, on_chunk=lambda n: progress.advance(task, n))
+    console.print(
+        f"{summary.customers:,} customers, {summary.transactions:,} transactions, "
+        f"{summary.events:,} events from {summary.start:%Y-%m-%d} to {summary.end:%Y-%m-%d} "
+        f"in {time.perf_counter() - began:.1f}s -> {out / 'raw'} (latent truth: {out / 'truth'})"
+    )
+
+
+def _parse_mapping(pairs: list[str]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            _fail(f"--column expects CANONICAL=NAME, got {pair!r}")
+        canonical, name = pair.split("=", 1)
+        mapping[canonical.strip()] = name.strip()
+    return mapping
+
+
+@app.command()
+def ingest(
+    transactions: Annotated[
+        Path | None, typer.Option(help="Transaction log (.csv or .parquet).")
+    ] = None,
+    events: Annotated[Path | None, typer.Option(help="Behavioural events (.csv or .parquet).")] = None,
+    customers: Annotated[Path | None, typer.Option(help="Customer table (.csv or .parquet).")] = None,
+    column: Annotated[
+        list[str],
+        typer.Option(
+            "--column",
+            help="Map a canonical column to the file's name, CANONICAL=NAME (repeatable), "
+            "e.g. --column customer_id=ClientID --column timestamp=OrderDate.",
+        ),
+    ] = [],  # noqa: B006 - typer needs a literal default
+    date_format: Annotated[
+        str | None, typer.Option(help="strftime format of dates, e.g. '%d/%m/%Y %H:%M' (default: inferred).")
+    ] = None,
+    timezone: Annotated[str, typer.Option(help="Time zone of naive timestamps in the file.")] = "UTC",
+    decimal: Annotated[str, typer.Option(help="Decimal separator of amounts in text files.")] = ".",
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="Rows after this are 'future' (default: now, UTC)."),
+    ] = None,
+    data_dir: DataDir = DEFAULT_DATA,
+) -> None:
+    """Import real data into the canonical tables; bad rows go to quarantine/ with a reason."""
+    from training.data.ingest import ImportOptions, IngestError
+    from training.data.ingest import ingest as run_ingest
+
+    sources = {
+        name: path
+        for name, path in (("transactions", transactions), ("events", events), ("customers", customers))
+        if path is not None
+    }
+    if not sources:
+        _fail("nothing to import: give --transactions, --events and/or --customers")
+    options = ImportOptions(
+        columns=_parse_mapping(column),
+        date_format=date_format,
+        timezone=timezone,
+        decimal=decimal,
+        as_of=as_of,
+    )
+    config = Config(data_dir=data_dir)
+    try:
+        reports = run_ingest(config.paths, sources, options)
+    except IngestError as error:
+        _fail(f"{error}. Nothing was written.")
+    table = Table(title="import summary")
+    for header in ("table", "read", "added", "already present", "quarantined"):
+        table.add_column(header)
+    for report in reports:
+        table.add_row(
+            report.table,
+            f"{report.rows_read:,}",
+            f"{report.rows_added:,}",
+            f"{report.rows_already_present:,}",
+            f"{report.rows_quarantined:,}",
+        )
+    console.print(table)
+    for report in reports:
+        if report.quarantine_file is not None:
+            console.print(f"{report.table}: {report.rows_quarantined:,} rows quarantined, by reason:")
+            for why, count in report.reasons.items():
+                console.print(f"  {why}: {count:,}")
+            console.print(f"  -> {report.quarantine_file}", soft_wrap=True)
+
+
+@app.command()
+def features(
+    data_dir: DataDir = DEFAULT_DATA,
+    months: Annotated[int, typer.Option(min=0, help="Monthly snapshots going back from the latest date.")] = 12,
+    step_days: Annotated[int, typer.Option(min=1, help="Days between snapshot dates.")] = 30,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Latest snapshot date (default: midnight after the last event)."),
+    ] = None,
+    online: Annotated[bool, typer.Option(help="Write the latest values to the online store.")] = True,
+) -> None:
+    """Build feature snapshots (DuckDB), apply the Feast repo and write the latest values online."""
+    from training.features import store as feature_store
+    from training.features.snapshots import build_snapshots, data_end
+
+    config = Config(data_dir=data_dir, snapshots=SnapshotPlan(months=months, step_days=step_days))
+    paths = config.paths
+    try:
+        latest = as_of if as_of is not None else data_end(paths)
+    except FileNotFoundError as error:
+        _fail(str(error))
+    cutoffs = config.snapshots.dates(latest)
+    began = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("feature snapshots", total=2 * len(cutoffs) + 1)
+        build_snapshots(paths, cutoffs, on_step=lambda _: progress.advance(task))
+    console.print(
+        f"snapshots at {len(cutoffs)} dates ({cutoffs[0]:%Y-%m-%d} .. {cutoffs[-1]:%Y-%m-%d}) "
+        f"in {time.perf_counter() - began:.1f}s -> {paths.features}"
+    )
+    store = feature_store.feature_store(config)
+    feature_store.apply(store, paths)
+    console.print(f"Feast repo applied (registry in {paths.feast})")
+    if online:
+        began = time.perf_counter()
+        written = feature_store.write_latest_online(store, paths)
+        console.print(
+            "online store: "
+            + ", ".join(f"{view} {rows:,} rows" for view, rows in written.items())
+            + f" in {time.perf_counter() - began:.1f}s"
+        )
+
+
+
+if __name__ == "__main__":
+    app()
