@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from training.config import PROJECT_ROOT, Config, SnapshotPlan
+from training.config import PROJECT_ROOT, Config, ModelSettings, SnapshotPlan
 
 app = typer.Typer(
     help="Predictive indicators for customer profiles: data, features, models, scores.",
@@ -192,6 +192,86 @@ def features(
             + f" in {time.perf_counter() - began:.1f}s"
         )
 
+
+
+@app.command()
+def train(
+    data_dir: DataDir = DEFAULT_DATA,
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials per model.")] = 8,
+    timeout: Annotated[float, typer.Option(min=1, help="Optuna time budget per model, in seconds.")] = 300.0,
+    seed: Annotated[int, typer.Option(help="Seed of sampling, boosting and tuning.")] = 42,
+    mlflow_dir: Annotated[Path, typer.Option(help="Local MLflow store (mlflow.db and artifacts/).")] = PROJECT_ROOT / "mlflow",
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: sqlite:///<mlflow-dir>/mlflow.db).")
+    ] = None,
+) -> None:
+    """Train, tune, backtest and register every model; print a summary against the baselines."""
+    from training.pipeline import run_training
+    from training.windows import HistoryTooShort
+
+    config = Config(
+        data_dir=data_dir,
+        mlflow_dir=mlflow_dir,
+        tracking_uri=tracking_uri,
+        seed=seed,
+        models=ModelSettings(trials=trials, timeout_seconds=timeout),
+    )
+    began = time.perf_counter()
+    try:
+        result = run_training(config, on_step=lambda message: console.print(f"[dim]{time.perf_counter() - began:6.1f}s[/] {message}"))
+    except (FileNotFoundError, HistoryTooShort) as error:
+        _fail(str(error))
+    table = Table(title=f"indicators train ({result.data_window[0]:%Y-%m-%d} .. {result.data_window[1]:%Y-%m-%d})")
+    for header in ("model", "indicator", "metric", "model value", "best baseline", "oracle", "champion changed"):
+        table.add_column(header)
+    for report in result.reports:
+        baseline_name, baseline_value = report.best_baseline if report.baselines else ("-", float("nan"))
+        oracle = "-" if report.oracle is None or report.oracle != report.oracle else f"{report.oracle:.4f}"
+        table.add_row(
+            report.name,
+            report.indicator,
+            report.metric,
+            f"{report.model_value:.4f}",
+            f"{baseline_value:.4f} ({baseline_name})",
+            oracle,
+            f"yes (v{report.version})" if report.promoted else "no",
+        )
+    console.print(table)
+    console.print(
+        "stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
+        + f"; total {time.perf_counter() - began:.1f}"
+    )
+
+
+@app.command()
+def backtest(
+    transactions: Annotated[Path, typer.Option(help="Transaction log (.csv or .parquet), canonical columns.")],
+    cutoff: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="Only data at or before this date is used.")],
+    horizon_days: Annotated[int, typer.Option(min=1, help="Horizon N of p_churn: no purchase in (cutoff, cutoff + N].")],
+    out: Annotated[Path, typer.Option(help="Output CSV, one row per customer seen before the cutoff.")],
+    column: Annotated[
+        list[str], typer.Option("--column", help="Map a canonical column to the file's name, CANONICAL=NAME (repeatable).")
+    ] = [],  # noqa: B006 - typer needs a literal default
+    date_format: Annotated[str | None, typer.Option(help="strftime format of dates (default: inferred).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the models.")] = 42,
+) -> None:
+    """Predict every customer's indicators for a horizon, trained only on data up to the cutoff."""
+    from training.backtest import BacktestError, horizon_note, read_log, run_backtest
+    from training.data.ingest import ImportOptions, IngestError
+
+    began = time.perf_counter()
+    try:
+        log, bad_rows = read_log(transactions, cutoff, ImportOptions(columns=_parse_mapping(column), date_format=date_format))
+        predictions, schedule = run_backtest(log, cutoff, horizon_days, seed=seed)
+    except (IngestError, BacktestError) as error:
+        _fail(str(error))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    predictions.to_csv(out, index=False)
+    if bad_rows:
+        console.print(f"{bad_rows:,} unusable rows were skipped (see `indicators ingest` for the reasons)")
+    console.print(
+        f"{len(predictions):,} customers -> {out} in {time.perf_counter() - began:.1f}s; {horizon_note(schedule)}"
+    )
 
 
 if __name__ == "__main__":

@@ -74,12 +74,42 @@ class FeastSettings:
 
 
 @dataclass(frozen=True)
+class ModelSettings:
+    """Horizons, backtest windows and tuning budget of ``indicators train``."""
+
+    churn_horizon_days: int = 90
+    # P(purchase within h) is modelled on this grid; next_purchase_days is read off it.
+    purchase_horizons: tuple[int, ...] = (7, 14, 30, 60, 90, 180, 365)
+    expected_purchases_horizon_days: int = 90
+    clv_horizon_days: int = 365
+    step_days: int = 30  # cutoffs lie on a grid of this step back from the end of the data
+    fit_cutoffs: int = 3  # rolling origins the models are fitted on (before tune and test)
+    min_history_days: int = 120  # a fit cutoff needs this much data before it
+    trials: int = 8  # Optuna trials per model
+    timeout_seconds: float = 300.0  # Optuna time budget per model
+    max_rounds: int = 600
+    lookalike_audience_percents: tuple[int, ...] = (1, 2, 3, 5, 10)
+    threads: int = 2
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = PROJECT_ROOT / "data"
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
+    mlflow_dir: Path = PROJECT_ROOT / "mlflow"
+    tracking_uri: str | None = None  # default: sqlite:///<mlflow_dir>/mlflow.db
     snapshots: SnapshotPlan = field(default_factory=SnapshotPlan)
     feast: FeastSettings = field(default_factory=FeastSettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
     seed: int = 42
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{Path(self.mlflow_dir).resolve() / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return Path(self.mlflow_dir).resolve() / "artifacts"
 
     @property
     def paths(self) -> Paths:

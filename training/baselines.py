@@ -1,0 +1,163 @@
+"""What every model is compared with, on the same window.
+
+- ``btyd_predictions``: the classical buy-till-you-die models from PyMC-Marketing, MAP fit on
+  the transactions up to the cutoff: BG/NBD for purchases, Gamma-Gamma for spend.
+- ``RfmCells``: a simple heuristic: the average outcome of the customer's recency x frequency
+  (x monetary) cell on the fit window.
+- ``oracle_predictions``: on generated data, predictions from each customer's latent truth
+  (rate, dropout, spend): the ceiling no model can pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+from training.config import as_utc
+
+BTYD_POPULATION = "customers with at least one purchase by the cutoff"
+
+
+def rfm_frame(transactions: pd.DataFrame, cutoff: datetime) -> pd.DataFrame:
+    """frequency, recency, T (days) and mean repeat spend per customer, from purchases by ``cutoff``."""
+    from pymc_marketing.clv.utils import rfm_summary
+
+    cutoff = pd.Timestamp(as_utc(cutoff))
+    buys = transactions[(transactions["timestamp"] <= cutoff) & (transactions["amount"] > 0)]
+    days = buys.assign(day=buys["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None).dt.floor("D"))
+    daily = days.groupby(["customer_id", "day"], as_index=False)["amount"].sum()
+    return rfm_summary(
+        daily, "customer_id", "day", "amount", observation_period_end=cutoff.tz_localize(None).floor("D")
+    )
+
+
+def btyd_predictions(
+    transactions: pd.DataFrame,
+    cutoff: datetime,
+    horizons: Sequence[int],
+    count_horizon: int,
+    revenue_horizon: int,
+) -> pd.DataFrame:
+    """BG/NBD + Gamma-Gamma predictions for every customer with a purchase by ``cutoff``.
+
+    Columns: ``p_purchase_{h}d`` and ``expected_purchases_{h}d`` for each horizon,
+    ``expected_purchases`` (in ``count_horizon``
+    days), ``expected_revenue`` (in ``revenue_horizon`` days) and ``p_alive``.
+    """
+    from pymc_marketing.clv import BetaGeoModel, GammaGammaModel
+
+    rfm = rfm_frame(transactions, cutoff)
+    data = rfm[["customer_id", "frequency", "recency", "T"]]
+    with _quiet():
+        bgnbd = BetaGeoModel(data=data)
+        bgnbd.fit(method="map", progressbar=False)
+        out = pd.DataFrame({"customer_id": rfm["customer_id"].to_numpy()})
+        for h in horizons:
+            out[f"p_purchase_{h}d"] = 1.0 - _flat(bgnbd.expected_probability_no_purchase(t=h, data=data))
+            out[f"expected_purchases_{h}d"] = _flat(bgnbd.expected_purchases(data=data, future_t=h))
+        out["expected_purchases"] = _flat(bgnbd.expected_purchases(data=data, future_t=count_horizon))
+        revenue_purchases = _flat(bgnbd.expected_purchases(data=data, future_t=revenue_horizon))
+        out["p_alive"] = _flat(bgnbd.expected_probability_alive(data=data))
+        repeaters = rfm[rfm["frequency"] > 0][["customer_id", "frequency", "monetary_value"]]
+        gamma_gamma = GammaGammaModel(data=repeaters)
+        gamma_gamma.fit(method="map", progressbar=False)
+        spend = _flat(gamma_gamma.expected_customer_spend(data=rfm[["customer_id", "frequency", "monetary_value"]]))
+    out["expected_revenue"] = revenue_purchases * spend
+    return out
+
+
+def _flat(values) -> np.ndarray:
+    return np.asarray(values).reshape(-1)
+
+
+class _quiet:
+    """Silence PyMC's sampling chatter and warnings during MAP fits."""
+
+    def __enter__(self):
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        self._level = logging.getLogger("pymc").level
+        logging.getLogger("pymc").setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("pymc").setLevel(self._level)
+        return self._warnings.__exit__(*exc)
+
+
+@dataclass
+class RfmCells:
+    """Average outcome per recency x frequency (x monetary) quintile cell of the fit window."""
+
+    use_monetary: bool = False
+    edges_: dict[str, np.ndarray] = field(default_factory=dict)
+    means_: dict[tuple, float] = field(default_factory=dict)
+    overall_: float = 0.0
+
+    def _cells(self, features: pd.DataFrame) -> list[tuple]:
+        recency = features["days_since_last_purchase"].fillna(10_000).to_numpy()
+        frequency = features["purchase_days_365d"].fillna(0).to_numpy()
+        parts = [np.digitize(recency, self.edges_["r"]), np.digitize(frequency, self.edges_["f"])]
+        if self.use_monetary:
+            parts.append(np.digitize(features["revenue_365d"].fillna(0).to_numpy(), self.edges_["m"]))
+        return list(zip(*parts, strict=True))
+
+    def fit(self, features: pd.DataFrame, outcome: np.ndarray) -> RfmCells:
+        quantiles = [0.2, 0.4, 0.6, 0.8]
+        self.edges_ = {
+            "r": np.unique(np.quantile(features["days_since_last_purchase"].fillna(10_000), quantiles)),
+            "f": np.unique(np.quantile(features["purchase_days_365d"].fillna(0), quantiles)),
+            "m": np.unique(np.quantile(features["revenue_365d"].fillna(0), quantiles)),
+        }
+        frame = pd.DataFrame({"cell": self._cells(features), "y": np.asarray(outcome, dtype=float)})
+        self.means_ = frame.groupby("cell")["y"].mean().to_dict()
+        self.overall_ = float(np.mean(outcome))
+        return self
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        return np.array([self.means_.get(cell, self.overall_) for cell in self._cells(features)])
+
+
+def oracle_predictions(
+    truth: pd.DataFrame,
+    cutoff: datetime,
+    horizons: Sequence[int],
+    count_horizon: int,
+    revenue_horizon: int,
+    refund_share: float = 0.03,
+) -> pd.DataFrame:
+    """Predictions from the latent truth of generated data (rate, dropout, spend).
+
+    Purchases are a seasonal Poisson process until dropout, so the expected number in
+    (c, c + h] is rate x the integral of seasonality over the alive part of the window.
+    """
+    from training.data.generate import seasonality
+
+    cutoff = pd.Timestamp(as_utc(cutoff))
+    longest = max(*horizons, count_horizon, revenue_horizon)
+    day_of_year = np.array(
+        [(cutoff + timedelta(days=float(d))).dayofyear for d in np.arange(0, longest + 1)], dtype=float
+    )
+    cumulative = np.concatenate([[0.0], np.cumsum(seasonality(day_of_year[:-1]))])
+    alive_days = ((truth["dropout_at"] - cutoff).dt.total_seconds() / 86_400).clip(lower=0).to_numpy()
+    rate = truth["purchase_rate_per_day"].to_numpy() * truth["is_buyer"].to_numpy()
+
+    def intensity(h: int) -> np.ndarray:
+        until = np.minimum(alive_days, h)
+        whole = np.floor(until).astype(int)
+        frac = until - whole
+        return rate * (cumulative[whole] + frac * (cumulative[np.minimum(whole + 1, longest)] - cumulative[whole]))
+
+    out = pd.DataFrame({"customer_id": truth["customer_id"].to_numpy()})
+    for h in horizons:
+        out[f"p_purchase_{h}d"] = 1.0 - np.exp(-intensity(h))
+    out["expected_purchases"] = intensity(count_horizon)
+    out["expected_revenue"] = intensity(revenue_horizon) * truth["expected_order_value"].to_numpy() * (1 - refund_share)
+    return out

@@ -1,0 +1,82 @@
+"""Modelling tables: features as of each cutoff (Feast) joined with labels after it.
+
+``FeatureEncoder`` turns Feast output into the numeric matrix the models take: timestamps are
+dropped (their ages come from the on-demand view), booleans become 0/1, strings become
+categories with a fixed vocabulary learnt at fit time, so serving encodes exactly as training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+from feast import FeatureStore
+
+from training.features import store as feature_store
+from training.labels import is_label
+
+ID_COLUMNS = ("customer_id", "cutoff")
+# Stored timestamps: models use their ages (customer_recency), never the raw dates.
+TIMESTAMP_FEATURES = ("first_purchase_at", "last_purchase_at", "last_engagement_at", "signup_at")
+# Consent governs whether a customer may be scored, not how.
+EXCLUDED_FEATURES = ("profiling_consent", "marketing_consent")
+
+
+@dataclass
+class FeatureEncoder:
+    """Fitted on training rows; ``transform`` gives the same columns and codes at any time."""
+
+    numeric_: list[str] = field(default_factory=list)
+    categories_: dict[str, list[str]] = field(default_factory=dict)
+
+    def fit(self, frame: pd.DataFrame) -> FeatureEncoder:
+        usable = [
+            c
+            for c in frame.columns
+            if c not in (*ID_COLUMNS, *TIMESTAMP_FEATURES, *EXCLUDED_FEATURES) and not is_label(c)
+        ]
+        self.categories_ = {
+            c: sorted(frame[c].dropna().astype(str).unique().tolist())
+            for c in usable
+            if frame[c].dtype == object or isinstance(frame[c].dtype, pd.StringDtype | pd.CategoricalDtype)
+        }
+        self.numeric_ = [c for c in usable if c not in self.categories_]
+        return self
+
+    @property
+    def columns_(self) -> list[str]:
+        return [*self.numeric_, *self.categories_]
+
+    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in self.columns_ if c not in frame.columns]
+        if missing:
+            raise KeyError(f"feature column(s) missing: {missing}")
+        out = pd.DataFrame(index=frame.index)
+        for column in self.numeric_:
+            out[column] = pd.to_numeric(frame[column].astype(object).where(frame[column].notna(), np.nan), errors="coerce").astype(float)
+        for column, vocabulary in self.categories_.items():
+            out[column] = pd.Categorical(frame[column].astype(object).where(frame[column].notna(), None), categories=vocabulary)
+        return out
+
+
+def entity_rows(customers: pd.DataFrame, cutoffs: Sequence[datetime]) -> pd.DataFrame:
+    """(customer_id, cutoff) for every customer signed up by each cutoff."""
+    signup = pd.to_datetime(customers["signup_at"], utc=True)
+    parts = []
+    for cutoff in cutoffs:
+        cutoff = pd.Timestamp(cutoff)
+        ids = customers.loc[signup <= cutoff, "customer_id"]
+        parts.append(pd.DataFrame({"customer_id": ids.to_numpy(), "cutoff": cutoff}))
+    rows = pd.concat(parts, ignore_index=True)
+    rows["cutoff"] = pd.to_datetime(rows["cutoff"], utc=True)
+    return rows
+
+
+def features_at(store: FeatureStore, rows: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time features for ``rows`` (customer_id, cutoff), in row order."""
+    frame = feature_store.training_frame(store, rows)
+    frame["cutoff"] = pd.to_datetime(frame["cutoff"], utc=True)
+    return frame

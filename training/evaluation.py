@@ -1,0 +1,169 @@
+"""Metrics and plots for probabilities, counts and amounts (pure functions of arrays)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Mean |observed rate - mean prediction| over equal-count bins, weighted by bin size."""
+    order = np.argsort(p, kind="stable")
+    total = 0.0
+    for chunk in np.array_split(order, bins):
+        if len(chunk):
+            total += len(chunk) * abs(y[chunk].mean() - p[chunk].mean())
+    return float(total / len(p))
+
+
+def lift_table(y: np.ndarray, score: np.ndarray, deciles: int = 10) -> pd.DataFrame:
+    """Per score decile (1 = highest): rate, lift over the base rate, cumulative gains."""
+    order = np.argsort(-score, kind="stable")
+    base = y.mean() if y.mean() > 0 else 1.0
+    rows, captured = [], 0.0
+    for k, chunk in enumerate(np.array_split(order, deciles), start=1):
+        captured += y[chunk].sum()
+        rows.append(
+            {
+                "decile": k,
+                "rate": float(y[chunk].mean()),
+                "lift": float(y[chunk].mean() / base),
+                "cumulative_gain": float(captured / max(y.sum(), 1e-12)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    y = np.asarray(y, dtype=float)
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    lifts = lift_table(y, p)
+    both = len(np.unique(y)) > 1
+    return {
+        "auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
+        "brier": float(brier_score_loss(y, p)),
+        "log_loss": float(log_loss(y, p, labels=[0, 1])),
+        "ece": expected_calibration_error(y, p),
+        "lift_top_decile": float(lifts["lift"].iloc[0]),
+        "gain_top_2_deciles": float(lifts["cumulative_gain"].iloc[1]),
+        "base_rate": float(y.mean()),
+        "mean_prediction": float(p.mean()),
+        "rows": float(len(y)),
+    }
+
+
+def normalized_gini(y: np.ndarray, score: np.ndarray) -> float:
+    """Gini of ``y`` ordered by ``score``, divided by the Gini of the perfect order (1 = perfect)."""
+
+    def gini(order_by: np.ndarray) -> float:
+        order = np.argsort(-order_by, kind="stable")
+        cumulative = np.cumsum(y[order]) / max(y.sum(), 1e-12)
+        return float((cumulative - np.arange(1, len(y) + 1) / len(y)).sum() / len(y))
+
+    y = np.asarray(y, dtype=float)
+    perfect = gini(y)
+    return gini(np.asarray(score, dtype=float)) / perfect if perfect > 0 else float("nan")
+
+
+def decile_calibration(y: np.ndarray, prediction: np.ndarray, deciles: int = 10) -> pd.DataFrame:
+    order = np.argsort(-prediction, kind="stable")
+    return pd.DataFrame(
+        [
+            {"decile": k, "mean_prediction": float(prediction[c].mean()), "mean_actual": float(y[c].mean())}
+            for k, c in enumerate(np.array_split(order, deciles), start=1)
+        ]
+    )
+
+
+def regression_metrics(y: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    y = np.asarray(y, dtype=float)
+    prediction = np.asarray(prediction, dtype=float)
+    deciles = decile_calibration(y, prediction)
+    return {
+        "mae": float(np.mean(np.abs(y - prediction))),
+        "rmse": float(np.sqrt(np.mean((y - prediction) ** 2))),
+        "normalized_gini": normalized_gini(y, prediction),
+        "spearman": float(spearmanr(y, prediction).statistic) if np.std(prediction) > 0 else float("nan"),
+        "total_error": float(prediction.sum() / y.sum() - 1.0) if y.sum() != 0 else float("nan"),
+        "top_decile_calibration": float(deciles["mean_prediction"].iloc[0] / max(deciles["mean_actual"].iloc[0], 1e-12)),
+        "mean_actual": float(y.mean()),
+        "rows": float(len(y)),
+    }
+
+
+def interval_coverage(y: np.ndarray, low: np.ndarray, high: np.ndarray) -> dict[str, float]:
+    inside = (y >= low) & (y <= high)
+    return {"coverage": float(inside.mean()), "mean_width": float(np.mean(high - low))}
+
+
+# --- plots -------------------------------------------------------------------------------
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_calibration(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
+    """Reliability diagram: observed rate against mean prediction in 10 equal-count bins."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    for name, (y, p) in curves.items():
+        order = np.argsort(p, kind="stable")
+        bins = [c for c in np.array_split(order, 10) if len(c)]
+        ax.plot([p[c].mean() for c in bins], [y[c].mean() for c in bins], marker="o", label=name)
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed rate")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_gains(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    for name, (y, score) in curves.items():
+        order = np.argsort(-score, kind="stable")
+        gains = np.concatenate([[0], np.cumsum(y[order]) / max(y.sum(), 1e-12)])
+        ax.plot(np.linspace(0, 1, len(gains)), gains, label=name)
+    ax.set_xlabel("share of customers targeted (highest score first)")
+    ax.set_ylabel("share of outcomes captured")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_deciles(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.8 / (len(curves) + 1)
+    for k, (name, (y, prediction)) in enumerate(curves.items()):
+        table = decile_calibration(y, prediction)
+        ax.bar(table["decile"] + k * width, table["mean_prediction"], width=width, label=f"{name} predicted")
+        if k == 0:
+            actual = table["mean_actual"]
+    ax.plot(table["decile"], actual, color="black", marker="o", label="actual (model deciles)")
+    ax.set_xlabel("decile of the prediction (1 = highest)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

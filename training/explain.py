@@ -1,0 +1,96 @@
+"""SHAP explanations: global plots per model and each customer's top reasons.
+
+``top_reasons`` is the one function notebooks and serving use for per-customer reasons.
+Contributions come from LightGBM's ``pred_contrib`` (exact TreeSHAP, same values as
+``shap.TreeExplainer``) in the model's raw output space (log-odds, log-mean).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def top_reasons(x: pd.DataFrame, contributions: np.ndarray, k: int = 3, sign: float = 1.0) -> list[list[dict]]:
+    """For each row, the ``k`` features with the largest absolute contribution.
+
+    Each reason is ``{"feature", "value", "contribution"}``; ``sign=-1`` flips contributions
+    for an indicator that is the complement of the model's output (churn = not buying).
+    """
+    values = contributions[:, :-1] * sign
+    names = list(x.columns)
+    order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
+    reasons = []
+    for row, top in enumerate(order):
+        reasons.append(
+            [
+                {
+                    "feature": names[j],
+                    "value": _plain(x.iat[row, j]),
+                    "contribution": float(values[row, j]),
+                }
+                for j in top
+            ]
+        )
+    return reasons
+
+
+def _plain(value):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def global_importance(x: pd.DataFrame, contributions: np.ndarray) -> pd.DataFrame:
+    """Mean |SHAP| per feature, largest first."""
+    mean_abs = np.abs(contributions[:, :-1]).mean(axis=0)
+    return (
+        pd.DataFrame({"feature": x.columns, "mean_abs_shap": mean_abs})
+        .sort_values("mean_abs_shap", ascending=False)
+        .reset_index(drop=True)
+    )
+
+
+def shap_plots(x: pd.DataFrame, contributions: np.ndarray, out_dir: Path, title: str, top: int = 3) -> list[Path]:
+    """Beeswarm, bar and dependence plots of the top features, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import shap
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    numeric = x.copy()
+    for column in numeric.columns:
+        if isinstance(numeric[column].dtype, pd.CategoricalDtype):
+            numeric[column] = numeric[column].cat.codes.astype(float)
+    explanation = shap.Explanation(
+        values=contributions[:, :-1],
+        base_values=contributions[:, -1],
+        data=numeric.to_numpy(dtype=float),
+        feature_names=list(x.columns),
+    )
+    paths = []
+    for kind in ("beeswarm", "bar"):
+        plt.figure()
+        getattr(shap.plots, kind)(explanation, max_display=15, show=False)
+        plt.title(f"{title}: SHAP {kind}")
+        path = out_dir / f"shap_{kind}.png"
+        plt.tight_layout()
+        plt.savefig(path, dpi=80)
+        plt.close("all")
+        paths.append(path)
+    for feature in global_importance(x, contributions)["feature"].head(top):
+        plt.figure()
+        shap.plots.scatter(explanation[:, feature], show=False)
+        path = out_dir / f"shap_dependence_{feature}.png"
+        plt.title(f"{title}: {feature}")
+        plt.tight_layout()
+        plt.savefig(path, dpi=80)
+        plt.close("all")
+        paths.append(path)
+    return paths

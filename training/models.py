@@ -1,0 +1,281 @@
+"""The indicator models. Each takes Feast features (one row per customer and cutoff).
+
+- ``PurchaseTimingModel``: P(purchase within h) on a grid of horizons, calibrated out of time
+  and monotone in h; ``p_churn`` = 1 - P(purchase within the churn horizon) by construction;
+  ``next_purchase_days`` (median) with a P10-P90 interval read off the same curve.
+- ``CountModel``: expected purchase days in a horizon (Poisson boosting).
+- ``ClvModel``: expected net revenue (Tweedie boosting: a point mass at zero plus a skewed
+  tail) with a P10-P90 interval from conformalized quantile regression.
+- ``LookalikeModel``: positive-unlabelled learning from a seed list (Elkan & Noto).
+
+Fitted attributes end in ``_``; nothing happens in ``__init__``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.isotonic import IsotonicRegression
+
+from training.boosting import contributions, fit_booster, predict
+from training.dataset import FeatureEncoder
+
+TAIL_CAP_DAYS = 3650.0
+# Sanity the models must respect, all else equal: a more recent purchase never lowers the
+# chance of buying again; more past spend or purchases never lower expected value.
+RECENCY_LOWERS_PURCHASE = {"days_since_last_purchase": -1, "recency_to_usual_gap": -1}
+MORE_HISTORY_RAISES_VALUE = {
+    **{f"revenue_{w}": 1 for w in ("total", "30d", "90d", "180d", "365d")},
+    **{f"purchase_days_{w}": 1 for w in ("total", "30d", "90d", "180d", "365d")},
+    "avg_order_value": 1,
+    **RECENCY_LOWERS_PURCHASE,
+}
+
+
+@dataclass
+class PurchaseTimingModel:
+    horizons: tuple[int, ...]
+    churn_horizon: int
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 42
+    threads: int = 2
+    max_rounds: int = 600
+    encoder_: FeatureEncoder | None = None
+    boosters_: dict[int, lgb.Booster] = field(default_factory=dict)
+    calibrators_: dict[int, IsotonicRegression] = field(default_factory=dict)
+
+    def fit(self, sets: dict[int, tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray]]) -> PurchaseTimingModel:
+        """``sets[h]`` = (fit features, fit labels, tune features, tune labels) for horizon h.
+
+        Boosters stop early on the tune window; isotonic calibration is fitted on it too, so
+        every probability is calibrated on a later time window than it was trained on.
+        """
+        first = sets[self.churn_horizon][0]
+        self.encoder_ = FeatureEncoder().fit(first)
+        for h in self.horizons:
+            x_fit, y_fit, x_tune, y_tune = sets[h]
+            booster = fit_booster(
+                self.encoder_.transform(x_fit), y_fit, "binary",
+                x_val=self.encoder_.transform(x_tune), y_val=y_tune,
+                overrides=self.params, seed=self.seed, threads=self.threads, max_rounds=self.max_rounds,
+                monotone=RECENCY_LOWERS_PURCHASE,
+            )
+            raw = predict(booster, self.encoder_.transform(x_tune))
+            self.boosters_[h] = booster
+            self.calibrators_[h] = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y_tune)
+        return self
+
+    def purchase_curve(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Calibrated P(purchase within h) per horizon, made non-decreasing in h."""
+        x = self.encoder_.transform(features)
+        curve = np.column_stack(
+            [self.calibrators_[h].predict(predict(self.boosters_[h], x)) for h in self.horizons]
+        )
+        curve = np.maximum.accumulate(np.clip(curve, 1e-6, 1 - 1e-6), axis=1)
+        return pd.DataFrame(curve, columns=[f"p_purchase_{h}d" for h in self.horizons], index=features.index)
+
+    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
+        curve = self.purchase_curve(features)
+        out = curve.copy()
+        out["p_churn"] = 1.0 - curve[f"p_purchase_{self.churn_horizon}d"]
+        grid = np.asarray(self.horizons, dtype=float)
+        values = curve.to_numpy()
+        out["next_purchase_days"] = time_at_probability(values, grid, 0.5)
+        out["next_purchase_days_p10"] = time_at_probability(values, grid, 0.1)
+        out["next_purchase_days_p90"] = time_at_probability(values, grid, 0.9)
+        return out
+
+    def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        """SHAP contributions (log-odds of buying within the churn horizon), and the encoded X."""
+        x = self.encoder_.transform(features)
+        return x, contributions(self.boosters_[self.churn_horizon], x)
+
+
+def time_at_probability(curve: np.ndarray, grid: np.ndarray, level: float) -> np.ndarray:
+    """Days until P(purchase by t) reaches ``level``, interpolating the cumulative curve.
+
+    Between grid points the survival function is interpolated log-linearly (constant hazard);
+    before the first point it starts at S(0) = 1; past the last point the last segment's hazard
+    continues, capped at ``TAIL_CAP_DAYS``.
+    """
+    survival = np.clip(1.0 - curve, 1e-9, 1.0)
+    target = np.log(1.0 - level)
+    log_s = np.log(survival)
+    times = np.concatenate([[0.0], grid])
+    log_s = np.concatenate([np.zeros((len(curve), 1)), log_s], axis=1)
+    result = np.full(len(curve), TAIL_CAP_DAYS)
+    done = np.zeros(len(curve), dtype=bool)
+    for k in range(1, len(times)):
+        hit = ~done & (log_s[:, k] <= target)
+        span = log_s[:, k - 1] - log_s[:, k]
+        frac = np.where(span > 0, (log_s[:, k - 1] - target) / np.where(span > 0, span, 1), 1.0)
+        result[hit] = times[k - 1] + frac[hit] * (times[k] - times[k - 1])
+        done |= hit
+    tail_hazard = (log_s[:, -2] - log_s[:, -1]) / (times[-1] - times[-2])
+    tail = times[-1] + (log_s[:, -1] - target) / np.where(tail_hazard > 0, tail_hazard, np.inf)
+    result[~done] = np.minimum(tail[~done], TAIL_CAP_DAYS)
+    return result
+
+
+@dataclass
+class CountModel:
+    horizon: int
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 42
+    threads: int = 2
+    max_rounds: int = 600
+    encoder_: FeatureEncoder | None = None
+    booster_: lgb.Booster | None = None
+
+    def fit(self, x_fit: pd.DataFrame, y_fit: np.ndarray, x_tune: pd.DataFrame, y_tune: np.ndarray) -> CountModel:
+        self.encoder_ = FeatureEncoder().fit(x_fit)
+        self.booster_ = fit_booster(
+            self.encoder_.transform(x_fit), y_fit, "poisson",
+            x_val=self.encoder_.transform(x_tune), y_val=y_tune,
+            overrides=self.params, seed=self.seed, threads=self.threads, max_rounds=self.max_rounds,
+            monotone=MORE_HISTORY_RAISES_VALUE,
+        )
+        return self
+
+    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
+        mean = predict(self.booster_, self.encoder_.transform(features))
+        return pd.DataFrame({"expected_purchases": mean}, index=features.index)
+
+    def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        x = self.encoder_.transform(features)
+        return x, contributions(self.booster_, x)
+
+
+@dataclass
+class ClvModel:
+    horizon: int
+    coverage: float = 0.8
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 42
+    threads: int = 2
+    max_rounds: int = 600
+    encoder_: FeatureEncoder | None = None
+    mean_: lgb.Booster | None = None
+    low_: lgb.Booster | None = None
+    high_: lgb.Booster | None = None
+    widen_: float = 0.0
+
+    def fit(self, x_fit: pd.DataFrame, y_fit: np.ndarray, x_tune: pd.DataFrame, y_tune: np.ndarray) -> ClvModel:
+        """Mean and quantiles on the fit window; the interval is conformalized on the tune window."""
+        self.encoder_ = FeatureEncoder().fit(x_fit)
+        xf, xt = self.encoder_.transform(x_fit), self.encoder_.transform(x_tune)
+        y_fit_pos, y_tune_pos = np.maximum(y_fit, 0.0), np.maximum(y_tune, 0.0)
+        common = {"seed": self.seed, "threads": self.threads, "max_rounds": self.max_rounds, "monotone": MORE_HISTORY_RAISES_VALUE}
+        self.mean_ = fit_booster(xf, y_fit_pos, "tweedie", x_val=xt, y_val=y_tune_pos, overrides=self.params, **common)
+        quantile_params = {k: v for k, v in self.params.items() if k in ("num_leaves", "min_data_in_leaf", "learning_rate")}
+        alpha = (1 - self.coverage) / 2
+        self.low_ = fit_booster(
+            xf, y_fit, "quantile_low", x_val=xt, y_val=y_tune, overrides={**quantile_params, "alpha": alpha}, **common
+        )
+        self.high_ = fit_booster(
+            xf, y_fit, "quantile_high", x_val=xt, y_val=y_tune, overrides={**quantile_params, "alpha": 1 - alpha}, **common
+        )
+        low, high = predict(self.low_, xt), predict(self.high_, xt)
+        scores = np.maximum(low - y_tune, y_tune - high)
+        n = len(scores)
+        level = min(1.0, np.ceil((n + 1) * self.coverage) / n)
+        self.widen_ = float(np.quantile(scores, level, method="higher"))
+        return self
+
+    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
+        x = self.encoder_.transform(features)
+        mean = predict(self.mean_, x)
+        low = np.maximum(predict(self.low_, x) - self.widen_, 0.0)
+        high = np.maximum(predict(self.high_, x) + self.widen_, low)
+        mean = np.clip(mean, low, high)
+        return pd.DataFrame(
+            {"expected_revenue": mean, "expected_revenue_p10": low, "expected_revenue_p90": high},
+            index=features.index,
+        )
+
+    def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        x = self.encoder_.transform(features)
+        return x, contributions(self.mean_, x)
+
+
+@dataclass
+class LookalikeModel:
+    """Who looks like the seed? PU learning under 'selected completely at random'.
+
+    A classifier g(x) ~ P(seed | x) is trained on seed members (minus a held-out share) against
+    everyone else. c = mean g over held-out seed members estimates P(seed | positive), so
+    g(x) / c estimates P(positive | x) for a non-seed customer (Elkan & Noto, 2008).
+    Features that define the seed are excluded, or similarity would be trivial.
+    """
+
+    name: str
+    excluded_features: tuple[str, ...] = ()
+    holdout_share: float = 0.2
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 42
+    threads: int = 2
+    rounds: int = 200
+    encoder_: FeatureEncoder | None = None
+    booster_: lgb.Booster | None = None
+    label_frequency_: float = 1.0
+    heldout_ids_: list[str] = field(default_factory=list)
+    seed_ids_: list[str] = field(default_factory=list)
+
+    def fit(self, features: pd.DataFrame, seed_ids: set[str]) -> LookalikeModel:
+        rng = np.random.default_rng(self.seed)
+        ids = features["customer_id"].astype(str).to_numpy()
+        in_seed = np.isin(ids, list(seed_ids))
+        if in_seed.sum() < 10:
+            raise ValueError(f"lookalike '{self.name}': need at least 10 seed customers with features, got {in_seed.sum()}")
+        held_out = in_seed & (rng.random(len(ids)) < self.holdout_share)
+        labelled = in_seed & ~held_out
+        usable = features.drop(columns=[c for c in features.columns if c.startswith(self.excluded_features)])
+        self.encoder_ = FeatureEncoder().fit(usable)
+        x = self.encoder_.transform(usable)
+        # Held-out seed members are left out of training altogether, so their scores are honest.
+        self.booster_ = fit_booster(
+            x[~held_out], labelled[~held_out].astype(float), "binary",
+            overrides={**self.params, "min_data_in_leaf": 20},
+            seed=self.seed, threads=self.threads, rounds=self.rounds,
+        )
+        scores = predict(self.booster_, x)
+        self.label_frequency_ = float(np.clip(scores[held_out].mean(), 1e-6, 1.0)) if held_out.any() else 1.0
+        self.heldout_ids_ = ids[held_out].tolist()
+        self.seed_ids_ = ids[labelled].tolist()
+        return self
+
+    def score(self, features: pd.DataFrame) -> np.ndarray:
+        """Estimated P(looks like the seed) in [0, 1]."""
+        x = self.encoder_.transform(features)
+        return np.clip(predict(self.booster_, x) / self.label_frequency_, 0.0, 1.0)
+
+    def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        x = self.encoder_.transform(features)
+        return x, contributions(self.booster_, x)
+
+    def audience_report(self, features: pd.DataFrame, percents: tuple[int, ...]) -> pd.DataFrame:
+        """Expected precision, held-out seed recall and lift for audiences of the top p% non-seed."""
+        ids = features["customer_id"].astype(str).to_numpy()
+        candidates = ~np.isin(ids, self.seed_ids_)
+        scores = self.score(features)[candidates]
+        heldout = np.isin(ids[candidates], self.heldout_ids_)
+        order = np.argsort(-scores, kind="stable")
+        rows = []
+        for percent in percents:
+            size = max(1, int(round(len(order) * percent / 100)))
+            top = order[:size]
+            recall = heldout[top].sum() / max(heldout.sum(), 1)
+            rows.append(
+                {
+                    "audience_percent": percent,
+                    "audience_size": size,
+                    "expected_precision": float(scores[top].mean()),
+                    "heldout_seed_recall": float(recall),
+                    "lift": float(recall / (percent / 100)),
+                }
+            )
+        return pd.DataFrame(rows)

@@ -1,0 +1,87 @@
+"""Optuna tuning of a model's main booster; every trial is a nested MLflow run.
+
+Trials are scored on the tune window (out of time), pruned early by the median rule, and
+seeded (TPE sampler, LightGBM deterministic mode), so a rerun with the same trial budget
+gives the same parameters. A time budget can end a study early; then the trial count, and so
+the result, can differ between machines: the number of finished trials is logged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+
+from training.boosting import fit_booster
+
+
+def search_space(trial: optuna.Trial) -> dict[str, Any]:
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+        "num_leaves": trial.suggest_int("num_leaves", 8, 96, log=True),
+        "min_data_in_leaf": trial.suggest_int("min_data_in_leaf", 20, 400, log=True),
+        "feature_fraction": trial.suggest_float("feature_fraction", 0.5, 1.0),
+        "bagging_fraction": trial.suggest_float("bagging_fraction", 0.6, 1.0),
+        "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 30.0, log=True),
+    }
+
+
+def tune(
+    x_fit: pd.DataFrame,
+    y_fit: np.ndarray,
+    x_tune: pd.DataFrame,
+    y_tune: np.ndarray,
+    objective: str,
+    *,
+    trials: int,
+    timeout_seconds: float,
+    seed: int,
+    threads: int,
+    max_rounds: int,
+) -> tuple[dict[str, Any], optuna.Study]:
+    """Best LightGBM parameters for ``objective`` (lowest validation loss on the tune window)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=60),
+    )
+
+    def run_trial(trial: optuna.Trial) -> float:
+        params = search_space(trial)
+
+        def report(iteration: int, value: float) -> None:
+            trial.report(value, iteration)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True):
+            mlflow.log_params(params)
+            try:
+                booster = fit_booster(
+                    x_fit, y_fit, objective, x_val=x_tune, y_val=y_tune, overrides=params,
+                    seed=seed, threads=threads, max_rounds=max_rounds, on_round=report,
+                )
+            except optuna.TrialPruned:
+                mlflow.set_tag("trial.state", "pruned")
+                raise
+            value = float(next(iter(booster.best_score["valid_0"].values())))
+            mlflow.log_metrics({"tune_loss": value, "best_iteration": booster.best_iteration})
+            mlflow.set_tag("trial.state", "complete")
+            return value
+
+    study.optimize(run_trial, n_trials=trials, timeout=timeout_seconds, gc_after_trial=False)
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = study.best_params if finished else {}
+    mlflow.log_metrics(
+        {
+            "tuning_trials_complete": len(finished),
+            "tuning_trials_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+            "tuning_best_loss": study.best_value if finished else float("nan"),
+        }
+    )
+    mlflow.log_params({f"best_{k}": v for k, v in best.items()})
+    return best, study
