@@ -4,9 +4,11 @@
 
 Every measured step runs in a child process of its own (``python -m bench.run --step NAME``).
 The child times the call it benchmarks and reports its own peak RSS (``VmHWM``, which starts
-afresh at ``exec``); the parent also polls the child's RSS and stops it past a time or memory
-limit. Figures and machine information go to one JSON file, rewritten after every section so
-an interrupted run keeps what it measured; a short summary is printed at the end.
+afresh at ``exec``); the parent polls the child's RSS, stops it past a time or memory limit,
+and records how many cores other processes used meanwhile. Feast and the hand-written ASOF
+join run interleaved in one child, so both see the same machine. Figures and machine
+information go to one JSON file, rewritten after every section so an interrupted run keeps
+what it measured; a short summary is printed at the end.
 """
 
 from __future__ import annotations
@@ -594,8 +596,19 @@ def step_training_frame(args: Args) -> Result:
         {"customer_id": entities["customer_id"], "cutoff": entities["event_timestamp"]}
     )
     figures, frame = timed_runs(lambda r: training_frame(store, r), rows, args["repeats"])
+    refs = batch_feature_refs()
+    entity_df = pd.DataFrame(
+        {"customer_id": rows["customer_id"].astype(str), "event_timestamp": rows["cutoff"]}
+    )
+    batch, _ = timed_runs(
+        lambda r: store.get_historical_features(entity_df=r.copy(), features=refs).to_df(),
+        entity_df,
+        args["repeats"],
+    )
     return {
         **figures,
+        "batch_views_only_seconds": batch["seconds"],
+        "on_demand_view_seconds": round(figures["seconds"] - batch["seconds"], 3),
         "rows": len(frame),
         "columns": frame.shape[1],
         "days_since_last_purchase_non_null": round(
@@ -734,8 +747,11 @@ class Bench:
         return run_step(name, args, self.work / "logs", timeout, self.settings.memory_limit_bytes)
 
 
-def bench_scale(bench: Bench, size: int, keep_features: bool) -> Result:
-    """Generation and snapshots for ``size`` customers, each step in its own process."""
+def bench_scale(bench: Bench, size: int) -> Result:
+    """Generation and snapshots for ``size`` customers, each step in its own process.
+
+    Only the feature snapshots are kept afterwards, for the retrieval benchmark.
+    """
     data_dir = bench.work / f"customers-{size}"
     generated = bench.step(
         "generate", {"data_dir": str(data_dir), "customers": size, "seed": bench.settings.seed}
@@ -754,17 +770,16 @@ def bench_scale(bench: Bench, size: int, keep_features: bool) -> Result:
                 "peak_memory": peak < TARGET_PEAK_BYTES,
                 "all": total < TARGET_SCALE_SECONDS and peak < TARGET_PEAK_BYTES,
             }
-    for kept in ("raw", "truth", ".duckdb_tmp") if keep_features else ():
-        shutil.rmtree(data_dir / kept, ignore_errors=True)
-    if not keep_features:
-        shutil.rmtree(data_dir, ignore_errors=True)
+    for scratch in ("raw", "truth", ".duckdb_tmp"):
+        shutil.rmtree(data_dir / scratch, ignore_errors=True)
     return section
 
 
-def bench_retrieval(bench: Bench, data_dir: Path, customers: int) -> Result:
+def bench_retrieval(bench: Bench, customers: int, with_training_frame: bool) -> Result:
     """Feast point-in-time retrieval against a hand-written ASOF join, on the same entity rows."""
     settings = bench.settings
-    folder = bench.work / "retrieval"
+    data_dir = bench.work / f"customers-{customers}"
+    folder = bench.work / f"retrieval-{customers}"
     folder.mkdir(parents=True, exist_ok=True)
     entities_file = folder / "entities.parquet"
     common = {"data_dir": str(data_dir), "entities_file": str(entities_file)}
@@ -798,6 +813,8 @@ def bench_retrieval(bench: Bench, data_dir: Path, customers: int) -> Result:
         ratio = compared.result["feast"]["seconds"] / compared.result["asof"]["seconds"]
         section["ratio_feast_to_asof"] = round(ratio, 2)
         section["meets_target"] = ratio <= TARGET_RETRIEVAL_RATIO
+    if not with_training_frame:
+        return section
     frame_rows = min(settings.training_frame_rows, settings.entity_rows)
     section["training_frame"] = bench.step(
         "training_frame", {**common, "rows": frame_rows, "repeats": 1}
@@ -849,6 +866,10 @@ def targets(report: Result) -> Result:
         "retrieval_ratio_at_most_1_5": None if "ratio_feast_to_asof" not in retrieval
         else {"value": retrieval["ratio_feast_to_asof"], "met": retrieval["meets_target"],
               "entity_rows": retrieval["entity_rows_used"]},
+        "retrieval_ratio_smaller_sizes": [
+            {"customers": r["customers"], "value": r["ratio_feast_to_asof"], "met": r["meets_target"]}
+            for r in report.get("retrieval_smaller_sizes", []) if "ratio_feast_to_asof" in r
+        ],
         "online_p99_1_customer_under_2ms": None if "service_1" not in lookup
         else {"value_ms": lookup["service_1"]["p99_ms"], "met": lookup["service_1"]["p99_ms"] < TARGET_ONLINE_P99_MS},
     }  # fmt: skip
@@ -876,13 +897,19 @@ def run_benchmark(settings: Settings, out: Path) -> Result:
         largest = max(settings.sizes)
         report["scale"] = []
         for size in sorted(settings.sizes):
-            report["scale"].append(bench_scale(bench, size, keep_features=size == largest))
+            report["scale"].append(bench_scale(bench, size))
             save(report, out)
-        scaled = report["scale"][-1]
-        if scaled.get("snapshots", {}).get("ok"):
-            report["retrieval"] = bench_retrieval(bench, work / f"customers-{largest}", largest)
+        ready = [s["customers"] for s in report["scale"] if s.get("snapshots", {}).get("ok")]
+        if largest in ready:
+            report["retrieval"] = bench_retrieval(bench, largest, with_training_frame=True)
         else:
             report["retrieval"] = {"skipped": "snapshots of the largest size failed"}
+        save(report, out)
+        report["retrieval_smaller_sizes"] = [
+            bench_retrieval(bench, size, with_training_frame=False)
+            for size in ready
+            if size != largest
+        ]
         save(report, out)
         report["online"] = bench_online(bench)
         report["targets"] = targets(report)
@@ -928,23 +955,15 @@ def summary(report: Result) -> str:
                 f"scale {scale['customers']:>9,}: FAILED {gen.get('failure') or snap.get('failure')}"
             )
     retrieval = report.get("retrieval") or {}
-    comparison = retrieval.get("comparison") or {}
-    if comparison.get("ok"):
-        feast, asof = comparison["feast"], comparison["asof"]
-        lines.append(
-            f"retrieval {retrieval['entity_rows_used']:,} rows over {retrieval['customers']:,} customers: "
-            f"Feast {feast['seconds']:.1f} s, ASOF join {asof['seconds']:.1f} s, "
-            f"ratio {retrieval['ratio_feast_to_asof']}, "
-            f"mismatches {comparison['agreement'].get('mismatches_total')}"
-            + (" (fallback)" if retrieval.get("fallback") else "")
-        )
-    elif comparison:
-        lines.append(f"retrieval FAILED: {comparison.get('failure')}")
+    for section in [retrieval, *report.get("retrieval_smaller_sizes", [])]:
+        if section.get("comparison"):
+            lines.append(_retrieval_line(section))
     if retrieval:
         frame = retrieval.get("training_frame", {})
         if frame.get("ok"):
             lines.append(
-                f"training_frame (full service) {frame['rows']:,} rows: {frame['seconds']:.1f} s"
+                f"training_frame (full service) {frame['rows']:,} rows: {frame['seconds']:.1f} s, "
+                f"of which the on-demand view ~{frame['on_demand_view_seconds']:.1f} s"
             )
     online = report.get("online") or {}
     write = online.get("write", {})
@@ -955,9 +974,38 @@ def summary(report: Result) -> str:
         lines.append(f"online {name:<15} p50 {figures['p50_ms']:7.3f} ms  p99 {figures['p99_ms']:7.3f} ms  "
                      f"mean {figures['mean_ms']:7.3f} ms  ({figures['calls']} calls)")  # fmt: skip
     for name, target in (report.get("targets") or {}).items():
+        if isinstance(target, list):
+            continue
         verdict = "n/a" if target is None else ("met" if target["met"] else "MISSED")
         lines.append(f"target {name}: {verdict}")
+    busy = [load["other_processes_cores"] for load in _machine_loads(report)]
+    if busy:
+        lines.append(f"other processes used {min(busy):.2f}-{max(busy):.2f} cores during the steps")
     return "\n".join(lines)
+
+
+def _machine_loads(node: Any) -> list[Result]:
+    """Every ``machine_load`` record in the report."""
+    if isinstance(node, dict):
+        own = [node["machine_load"]] if isinstance(node.get("machine_load"), dict) else []
+        return own + [load for value in node.values() for load in _machine_loads(value)]
+    if isinstance(node, list):
+        return [load for value in node for load in _machine_loads(value)]
+    return []
+
+
+def _retrieval_line(section: Result) -> str:
+    comparison = section["comparison"]
+    if not comparison.get("ok"):
+        return f"retrieval {section['customers']:,} customers FAILED: {comparison.get('failure')}"
+    feast, asof = comparison["feast"], comparison["asof"]
+    return (
+        f"retrieval {section['entity_rows_used']:,} rows over {section['customers']:,} customers: "
+        f"Feast {feast['seconds']:.1f} s, ASOF join {asof['seconds']:.1f} s, "
+        f"ratio {section['ratio_feast_to_asof']}, "
+        f"mismatches {comparison['agreement'].get('mismatches_total')}"
+        + (" (fallback)" if section.get("fallback") else "")
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

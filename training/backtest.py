@@ -5,6 +5,8 @@ end at the cutoff, so the horizon they can learn directly is limited by the hist
 
 - With enough history (at least twice the horizon plus ``MIN_HISTORY_DAYS``), the models learn
   the requested horizon directly.
+- BG/NBD estimates at each training cutoff (fitted on the data up to that cutoff) are model
+  features, so the boosted models start from the classical model's view of each customer.
 - Otherwise (a young business: say 39 weeks of history and a 39-week horizon) they learn the
   longest horizon the history holds, ``h``, and the prediction is carried from ``h`` to the
   requested horizon ``N`` with a BG/NBD model (PyMC-Marketing, MAP) fitted on all history up
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import LogisticRegression
 
 from training import baselines
 from training.config import Config, as_utc
@@ -122,7 +125,11 @@ def run_backtest(
         finally:
             con.close()
     data = features.merge(labels, on=["customer_id", "cutoff"], validate="one_to_one")
-    fit = data[data["cutoff"].isin(list(schedule.fit))]
+    data = data.merge(_btyd_features(transactions, cutoffs, schedule.learned_horizon), on=["customer_id", "cutoff"], how="left")
+    # The boosters stop early and calibrate on the last fit cutoff; the tune cutoff is kept
+    # apart for the stacker below, so its weights are fitted on predictions no model has seen.
+    fit = data[data["cutoff"].isin(list(schedule.fit[:-1]) or list(schedule.fit))]
+    calibrate = data[data["cutoff"] == pd.Timestamp(schedule.fit[-1])]
     tune = data[data["cutoff"] == pd.Timestamp(schedule.tune)]
     now = data[data["cutoff"] == pd.Timestamp(cutoff)].reset_index(drop=True)
     seen = set(transactions["customer_id"])
@@ -131,7 +138,7 @@ def run_backtest(
     h = schedule.learned_horizon
     common = {"seed": seed, "threads": threads, "max_rounds": 400}
     sets = {
-        g: (fit, (fit[f"future_purchase_days_{g}d"] > 0).to_numpy(float), tune, (tune[f"future_purchase_days_{g}d"] > 0).to_numpy(float))
+        g: (fit, (fit[f"future_purchase_days_{g}d"] > 0).to_numpy(float), calibrate, (calibrate[f"future_purchase_days_{g}d"] > 0).to_numpy(float))
         for g in grid
     }
     timing = PurchaseTimingModel(horizons=grid, churn_horizon=h, **common).fit(sets)
@@ -142,6 +149,15 @@ def run_backtest(
         fit, fit[f"future_revenue_{h}d"].to_numpy(float), tune, tune[f"future_revenue_{h}d"].to_numpy(float)
     )
     curve = timing.predict(now)
+    # Stack the learned curve's last point with BG/NBD's estimate for the same horizon; the
+    # weights are fitted on the tune window, so a young business leans on the structural model
+    # exactly as much as it earned there.
+    bought_in_tune = (tune[f"future_purchase_days_{h}d"] > 0).to_numpy(float)
+    stacker = _fit_stacker(timing.purchase_curve(tune)[f"p_purchase_{h}d"], tune["btyd_p_purchase"], bought_in_tune)
+    stacked = _apply_stacker(stacker, curve[f"p_purchase_{h}d"], now["btyd_p_purchase"])
+    curve[f"p_purchase_{h}d"] = stacked
+    ordered = curve[[f"p_purchase_{g}d" for g in grid]].to_numpy()
+    curve[[f"p_purchase_{g}d" for g in grid]] = np.minimum.accumulate(ordered[:, ::-1], axis=1)[:, ::-1]
     expected = counts.predict(now)["expected_purchases"].to_numpy()
     revenue = clv.predict(now)
     out = pd.DataFrame({"customer_id": now["customer_id"]})
@@ -171,6 +187,45 @@ def run_backtest(
         out[column] = revenue[column].to_numpy() * factor
     out["next_purchase_days"] = curve["next_purchase_days"].to_numpy()
     return out[OUTPUT_COLUMNS], schedule
+
+
+def _logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _fit_stacker(p_model, p_btyd, y) -> LogisticRegression:
+    btyd = np.nan_to_num(_logit(p_btyd), nan=0.0)
+    x = np.column_stack([_logit(p_model), btyd, np.isnan(np.asarray(p_btyd, dtype=float))])
+    return LogisticRegression(C=10.0).fit(x, np.asarray(y).astype(int))
+
+
+def _apply_stacker(stacker: LogisticRegression, p_model, p_btyd) -> np.ndarray:
+    btyd = np.nan_to_num(_logit(p_btyd), nan=0.0)
+    x = np.column_stack([_logit(p_model), btyd, np.isnan(np.asarray(p_btyd, dtype=float))])
+    return stacker.predict_proba(x)[:, 1]
+
+
+def _btyd_features(transactions: pd.DataFrame, cutoffs: list[datetime], horizon: int) -> pd.DataFrame:
+    """BG/NBD estimates at each cutoff, from the data up to it: features for the young-data models."""
+    parts = []
+    for cutoff in cutoffs:
+        btyd = baselines.btyd_predictions(transactions, cutoff, (horizon,), horizon, horizon)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "customer_id": btyd["customer_id"],
+                    "cutoff": pd.Timestamp(as_utc(cutoff)),
+                    "btyd_p_alive": btyd["p_alive"],
+                    "btyd_p_purchase": btyd[f"p_purchase_{horizon}d"],
+                    "btyd_expected_purchases": btyd["expected_purchases"],
+                    "btyd_expected_revenue": btyd["expected_revenue"],
+                }
+            )
+        )
+    frame = pd.concat(parts, ignore_index=True)
+    frame["cutoff"] = pd.to_datetime(frame["cutoff"], utc=True)
+    return frame
 
 
 def _read_curve(curve: pd.DataFrame, grid: tuple[int, ...], days: int) -> np.ndarray:

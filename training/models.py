@@ -169,8 +169,13 @@ class ClvModel:
         self.encoder_ = FeatureEncoder().fit(x_fit)
         xf, xt = self.encoder_.transform(x_fit), self.encoder_.transform(x_tune)
         y_fit_pos, y_tune_pos = np.maximum(y_fit, 0.0), np.maximum(y_tune, 0.0)
-        common = {"seed": self.seed, "threads": self.threads, "max_rounds": self.max_rounds, "monotone": MORE_HISTORY_RAISES_VALUE}
-        self.mean_ = fit_booster(xf, y_fit_pos, "tweedie", x_val=xt, y_val=y_tune_pos, overrides=self.params, **common)
+        common = {"seed": self.seed, "threads": self.threads, "max_rounds": self.max_rounds}
+        self.mean_ = fit_booster(
+            xf, y_fit_pos, "tweedie", x_val=xt, y_val=y_tune_pos, overrides=self.params,
+            monotone=MORE_HISTORY_RAISES_VALUE, **common,
+        )
+        # LightGBM's quantile objective takes no monotone constraints: the interval is free,
+        # and widened below to always contain the (monotone) mean.
         quantile_params = {k: v for k, v in self.params.items() if k in ("num_leaves", "min_data_in_leaf", "learning_rate")}
         alpha = (1 - self.coverage) / 2
         self.low_ = fit_booster(
@@ -189,9 +194,8 @@ class ClvModel:
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         x = self.encoder_.transform(features)
         mean = predict(self.mean_, x)
-        low = np.maximum(predict(self.low_, x) - self.widen_, 0.0)
-        high = np.maximum(predict(self.high_, x) + self.widen_, low)
-        mean = np.clip(mean, low, high)
+        low = np.minimum(np.maximum(predict(self.low_, x) - self.widen_, 0.0), mean)
+        high = np.maximum(predict(self.high_, x) + self.widen_, mean)
         return pd.DataFrame(
             {"expected_revenue": mean, "expected_revenue_p10": low, "expected_revenue_p90": high},
             index=features.index,

@@ -545,6 +545,7 @@ def run_training(config: Config, on_step: Step = lambda _: None, models: tuple[s
     for key in models:
         started = time.perf_counter()
         experiment_id = tracking.experiment(client, config, key)
+        mlflow.set_experiment(experiment_id=experiment_id)  # nested trial runs land here too
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{key}"):
             mlflow.log_params(
                 {
