@@ -11,6 +11,9 @@ RUN := $(VENV)/bin
 DATA ?= data
 CUSTOMERS ?= 20000
 SEED ?= 42
+HISTORY_START ?= 2023-11-01
+HISTORY_DAYS ?= 1095
+TRIALS ?= 8
 PORT ?= 3000
 
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -20,7 +23,7 @@ export FEAST_USAGE := False
 export PYTHONDONTWRITEBYTECODE :=
 export UV_LINK_MODE := copy
 
-.PHONY: help setup train data features test test-all test-services bench lint clean
+.PHONY: help setup train data features backtest-demo test test-all test-services bench lint mlflow-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,13 +40,14 @@ setup: $(VENV)/.synced ## Create .venv from nothing (exact versions from uv.lock
 
 data: setup ## Generate synthetic customers into $(DATA)/ unless data is already there
 	@if [ -f $(DATA)/raw/transactions.parquet ]; then echo "data present in $(DATA)/raw"; \
-	else $(RUN)/indicators generate --customers $(CUSTOMERS) --seed $(SEED) --out $(DATA); fi
+	else $(RUN)/indicators generate --customers $(CUSTOMERS) --seed $(SEED) \
+		--start $(HISTORY_START) --days $(HISTORY_DAYS) --out $(DATA); fi
 
 features: data ## Build feature snapshots, apply the Feast repo, write latest values online
 	$(RUN)/indicators features --data-dir $(DATA)
 
-train: features ## The main job on the embedded default (data, features, models)
-	$(RUN)/indicators train --data-dir $(DATA)
+train: data ## The main job: data if none, features, tuned models, backtest, registry, summary
+	$(RUN)/indicators train --data-dir $(DATA) --trials $(TRIALS) --seed $(SEED)
 
 test: setup ## Run the fast test suite (what CI runs)
 	$(RUN)/pytest -q
@@ -59,6 +63,9 @@ bench: setup ## Benchmarks; figures and machine info go to bench/results.json
 
 lint: setup ## Ruff lint
 	$(RUN)/ruff check .
+
+mlflow-ui: setup ## Open the MLflow UI on http://127.0.0.1:5000 (local store)
+	$(RUN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
 clean: ## Remove generated data and local MLflow store (keeps .venv)
 	rm -rf $(DATA) mlflow/mlflow.db mlflow/artifacts

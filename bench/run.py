@@ -371,13 +371,11 @@ def batch_feature_refs() -> list[str]:
 WARMUP_ROWS = 1_000
 
 
-def timed_runs(
-    run: Callable[[Any], Any], entities: Any, repeats: int, limit_seconds: int = 0
-) -> tuple[Result, Any]:
+def timed_runs(run: Callable[[Any], Any], entities: Any, repeats: int) -> tuple[Result, Any]:
     """Time ``run(entities)`` ``repeats`` times after a warm-up call on the first rows.
 
-    The warm-up pays one-time costs (imports, registry, backend) and is reported apart. With
-    ``limit_seconds``, each timed call is cut short by SIGALRM, which ends the process.
+    The warm-up pays one-time costs (imports, registry, backend, file scans) and is reported
+    apart. Returns the figures and the last result.
     """
     import statistics
 
@@ -387,11 +385,9 @@ def timed_runs(
     runs, out = [], None
     for _ in range(repeats):
         out = None  # let the previous result go before the next run
-        signal.alarm(limit_seconds)
         started = time.perf_counter()
         out = run(entities)
         runs.append(time.perf_counter() - started)
-        signal.alarm(0)
     figures = {
         "seconds": round(statistics.median(runs), 3),
         "runs_seconds": [round(s, 3) for s in runs],

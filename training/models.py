@@ -121,6 +121,14 @@ def time_at_probability(curve: np.ndarray, grid: np.ndarray, level: float) -> np
     return result
 
 
+def _total_ratio(actual: np.ndarray, predicted: np.ndarray) -> float:
+    """Actual total / predicted total on the tune window: corrects the level, keeps the order.
+
+    Kept within [0.5, 2]: a larger correction means the windows differ too much to trust it.
+    """
+    return float(np.clip(np.sum(actual) / max(np.sum(predicted), 1e-9), 0.5, 2.0))
+
+
 @dataclass
 class CountModel:
     horizon: int
@@ -130,6 +138,7 @@ class CountModel:
     max_rounds: int = 600
     encoder_: FeatureEncoder | None = None
     booster_: lgb.Booster | None = None
+    scale_: float = 1.0
 
     def fit(self, x_fit: pd.DataFrame, y_fit: np.ndarray, x_tune: pd.DataFrame, y_tune: np.ndarray) -> CountModel:
         self.encoder_ = FeatureEncoder().fit(x_fit)
@@ -139,10 +148,11 @@ class CountModel:
             overrides=self.params, seed=self.seed, threads=self.threads, max_rounds=self.max_rounds,
             monotone=MORE_HISTORY_RAISES_VALUE,
         )
+        self.scale_ = _total_ratio(y_tune, predict(self.booster_, self.encoder_.transform(x_tune)))
         return self
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
-        mean = predict(self.booster_, self.encoder_.transform(features))
+        mean = predict(self.booster_, self.encoder_.transform(features)) * self.scale_
         return pd.DataFrame({"expected_purchases": mean}, index=features.index)
 
     def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
@@ -163,6 +173,7 @@ class ClvModel:
     low_: lgb.Booster | None = None
     high_: lgb.Booster | None = None
     widen_: float = 0.0
+    scale_: float = 1.0
 
     def fit(self, x_fit: pd.DataFrame, y_fit: np.ndarray, x_tune: pd.DataFrame, y_tune: np.ndarray) -> ClvModel:
         """Mean and quantiles on the fit window; the interval is conformalized on the tune window."""
@@ -184,6 +195,7 @@ class ClvModel:
         self.high_ = fit_booster(
             xf, y_fit, "quantile_high", x_val=xt, y_val=y_tune, overrides={**quantile_params, "alpha": 1 - alpha}, **common
         )
+        self.scale_ = _total_ratio(y_tune, predict(self.mean_, xt))
         low, high = predict(self.low_, xt), predict(self.high_, xt)
         scores = np.maximum(low - y_tune, y_tune - high)
         n = len(scores)
@@ -193,7 +205,7 @@ class ClvModel:
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         x = self.encoder_.transform(features)
-        mean = predict(self.mean_, x)
+        mean = predict(self.mean_, x) * self.scale_
         low = np.minimum(np.maximum(predict(self.low_, x) - self.widen_, 0.0), mean)
         high = np.maximum(predict(self.high_, x) + self.widen_, mean)
         return pd.DataFrame(
@@ -222,7 +234,7 @@ class LookalikeModel:
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 42
     threads: int = 2
-    rounds: int = 200
+    rounds: int = 400
     encoder_: FeatureEncoder | None = None
     booster_: lgb.Booster | None = None
     label_frequency_: float = 1.0
@@ -240,11 +252,16 @@ class LookalikeModel:
         usable = features.drop(columns=[c for c in features.columns if c.startswith(self.excluded_features)])
         self.encoder_ = FeatureEncoder().fit(usable)
         x = self.encoder_.transform(usable)
-        # Held-out seed members are left out of training altogether, so their scores are honest.
+        # Held-out seed members are left out of training altogether, so their scores are honest;
+        # a random fifth of the rest decides when to stop adding trees (the seed is small and
+        # the other features are many: without it the model learns noise).
+        validation = ~held_out & (rng.random(len(ids)) < 0.2)
+        train = ~held_out & ~validation
         self.booster_ = fit_booster(
-            x[~held_out], labelled[~held_out].astype(float), "binary",
-            overrides={**self.params, "min_data_in_leaf": 20},
-            seed=self.seed, threads=self.threads, rounds=self.rounds,
+            x[train], labelled[train].astype(float), "binary",
+            x_val=x[validation], y_val=labelled[validation].astype(float),
+            overrides={"num_leaves": 15, "min_data_in_leaf": 40, **self.params},
+            seed=self.seed, threads=self.threads, max_rounds=self.rounds,
         )
         scores = predict(self.booster_, x)
         self.label_frequency_ = float(np.clip(scores[held_out].mean(), 1e-6, 1.0)) if held_out.any() else 1.0
@@ -254,8 +271,11 @@ class LookalikeModel:
 
     def score(self, features: pd.DataFrame) -> np.ndarray:
         """Estimated P(looks like the seed) in [0, 1]."""
-        x = self.encoder_.transform(features)
-        return np.clip(predict(self.booster_, x) / self.label_frequency_, 0.0, 1.0)
+        return np.clip(self.similarity(features) / self.label_frequency_, 0.0, 1.0)
+
+    def similarity(self, features: pd.DataFrame) -> np.ndarray:
+        """The classifier's raw P(seed | x): use it to rank (``score`` saturates at 1)."""
+        return predict(self.booster_, self.encoder_.transform(features))
 
     def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         x = self.encoder_.transform(features)
@@ -265,9 +285,10 @@ class LookalikeModel:
         """Expected precision, held-out seed recall and lift for audiences of the top p% non-seed."""
         ids = features["customer_id"].astype(str).to_numpy()
         candidates = ~np.isin(ids, self.seed_ids_)
-        scores = self.score(features)[candidates]
+        similarity = self.similarity(features)[candidates]
+        scores = np.clip(similarity / self.label_frequency_, 0.0, 1.0)
         heldout = np.isin(ids[candidates], self.heldout_ids_)
-        order = np.argsort(-scores, kind="stable")
+        order = np.argsort(-similarity, kind="stable")
         rows = []
         for percent in percents:
             size = max(1, int(round(len(order) * percent / 100)))
