@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +14,7 @@ from training.cli import app
 from training.config import Paths
 from training.data.ingest import ImportOptions, IngestError, ingest, normalize
 
-AS_OF = datetime(2026, 1, 1, tzinfo=timezone.utc)
+AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
 SHOP_MAPPING = {"customer_id": "ClientID", "timestamp": "Date", "amount": "Total", "order_id": "Order"}
 GOOD = """ClientID,Date,Total,Order,Category
 A1,03/01/2025 10:00,12.50,o1,home

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +108,7 @@ def normalize(
     ts_col = TIMESTAMP_COLUMN[table]
     frame[ts_col] = _parse_timestamps(frame[ts_col], options)
     flag(frame[ts_col].isna(), f"unparseable {ts_col}")
-    as_of = pd.Timestamp(options.as_of or datetime.now(timezone.utc))
+    as_of = pd.Timestamp(options.as_of or datetime.now(UTC))
     as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
     flag(frame[ts_col] > as_of, f"future {ts_col}")
 

@@ -1,0 +1,51 @@
+"""Optuna is seeded (a rerun gives the same parameters); SHAP reasons add up to the prediction."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from training.boosting import contributions, fit_booster, predict
+from training.explain import top_reasons
+from training.tuning import tune
+
+
+def _data(seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = pd.DataFrame({"recency": rng.exponential(60, 3000), "frequency": rng.poisson(3, 3000).astype(float),
+                      "noise": rng.normal(size=3000)})
+    logit = 1.5 - x["recency"] / 40 + 0.4 * x["frequency"]
+    y = (rng.random(3000) < 1 / (1 + np.exp(-logit))).astype(float)
+    return x, y
+
+
+def test_a_rerun_of_tuning_gives_the_same_parameters(tmp_path) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    x, y = _data()
+    results = []
+    for _ in range(2):
+        with mlflow.start_run():
+            best, study = tune(x[:2000], y[:2000], x[2000:], y[2000:], "binary", trials=4, timeout_seconds=120,
+                               seed=7, threads=1, max_rounds=100)
+        results.append((best, study.best_value))
+    assert results[0] == results[1]
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert (runs["tags.trial.state"].dropna() != "").sum() >= 4  # every trial is a run of its own
+
+
+def test_top_reasons_are_the_largest_contributions_and_add_up() -> None:
+    x, y = _data(1)
+    booster = fit_booster(x, y, "binary", rounds=50, threads=1)
+    values = contributions(booster, x.head(20))
+    raw = predict(booster, x.head(20))
+    np.testing.assert_allclose(1 / (1 + np.exp(-values.sum(axis=1))), raw, rtol=1e-6)
+    reasons = top_reasons(x.head(20), values, k=2)
+    assert all(len(r) == 2 for r in reasons)
+    for row, reason in enumerate(reasons):
+        magnitudes = [abs(item["contribution"]) for item in reason]
+        assert magnitudes == sorted(magnitudes, reverse=True)
+        assert magnitudes[0] == max(abs(values[row, :-1]))
+        assert reason[0]["value"] == x.iloc[row][reason[0]["feature"]]
+    flipped = top_reasons(x.head(1), values[:1], k=1, sign=-1.0)
+    assert flipped[0][0]["contribution"] == -reasons[0][0]["contribution"]
