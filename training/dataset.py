@@ -63,7 +63,12 @@ class FeatureEncoder:
 
 
 def entity_rows(customers: pd.DataFrame, cutoffs: Sequence[datetime]) -> pd.DataFrame:
-    """(customer_id, cutoff) for every customer signed up by each cutoff."""
+    """(customer_id, cutoff) for every customer signed up by each cutoff, in a fixed order.
+
+    Rows are sorted by cutoff and customer: files written by parallel DuckDB may list customers
+    in any order, and the order of training rows must not change what a seeded model learns.
+    """
+    customers = customers.sort_values("customer_id", kind="stable")
     signup = pd.to_datetime(customers["signup_at"], utc=True)
     parts = []
     for cutoff in cutoffs:

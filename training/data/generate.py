@@ -364,6 +364,8 @@ def generate(
     Files are written to temporary names and renamed at the end, so an interrupted run never
     leaves a half-written table behind.
     """
+    if spec.customers < 1:
+        raise ValueError("customers must be at least 1")
     raw, truth_dir = out_dir / "raw", out_dir / "truth"
     raw.mkdir(parents=True, exist_ok=True)
     truth_dir.mkdir(parents=True, exist_ok=True)
@@ -392,7 +394,7 @@ def generate(
     finally:
         for writer in writers.values():
             writer.close()
-    for name, target in targets.items():
+    for target in targets.values():
         _partial(target).replace(target)
     return GenerationSummary(
         customers=spec.customers,

@@ -10,6 +10,7 @@ import copy
 import warnings
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 from feast import FeatureService, FeatureStore, FeatureView, RepoConfig
 from feast.infra.offline_stores.file_source import FileSource
@@ -86,9 +87,12 @@ def write_latest_online(store: FeatureStore, paths: Paths) -> dict[str, int]:
     written: dict[str, int] = {}
     for view in BATCH_VIEWS:
         source_file = paths.features / Path(view.batch_source.path).name
-        frame = pd.read_parquet(source_file)
         ts = view.batch_source.timestamp_field
-        latest = frame.sort_values(ts).drop_duplicates("customer_id", keep="last")
+        # Only each customer's latest row is read into memory, not every snapshot.
+        latest = duckdb.sql(
+            f"SELECT * FROM read_parquet('{source_file}') "
+            f"QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY {ts} DESC) = 1"
+        ).df()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             store.write_to_online_store(view.name, latest)
