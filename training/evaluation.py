@@ -113,6 +113,19 @@ def _figure():
     return plt
 
 
+def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str | None = None) -> Path:
+    plt = _figure()
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def plot_calibration(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
     """Reliability diagram: observed rate against mean prediction in 10 equal-count bins."""
     plt = _figure()
@@ -122,14 +135,7 @@ def plot_calibration(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
         order = np.argsort(p, kind="stable")
         bins = [c for c in np.array_split(order, 10) if len(c)]
         ax.plot([p[c].mean() for c in bins], [y[c].mean() for c in bins], marker="o", label=name)
-    ax.set_xlabel("mean predicted probability")
-    ax.set_ylabel("observed rate")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title, "mean predicted probability", "observed rate")
 
 
 def plot_gains(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
@@ -140,14 +146,7 @@ def plot_gains(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, tit
         order = np.argsort(-score, kind="stable")
         gains = np.concatenate([[0], np.cumsum(y[order]) / max(y.sum(), 1e-12)])
         ax.plot(np.linspace(0, 1, len(gains)), gains, label=name)
-    ax.set_xlabel("share of customers targeted (highest score first)")
-    ax.set_ylabel("share of outcomes captured")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title, "share of customers targeted (highest score first)", "share of outcomes captured")
 
 
 def plot_deciles(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
@@ -160,10 +159,4 @@ def plot_deciles(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, t
         if k == 0:
             actual = table["mean_actual"]
     ax.plot(table["decile"], actual, color="black", marker="o", label="actual (model deciles)")
-    ax.set_xlabel("decile of the prediction (1 = highest)")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title, "decile of the prediction (1 = highest)")

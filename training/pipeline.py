@@ -162,12 +162,7 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
         sets[h] = (fit, (fit[f"future_purchase_days_{h}d"] > 0).to_numpy(float), tune_rows, (tune_rows[f"future_purchase_days_{h}d"] > 0).to_numpy(float))
     churn_h = s.churn_horizon_days
     model = PurchaseTimingModel(horizons=s.purchase_horizons, churn_horizon=churn_h, seed=config.seed, threads=s.threads, max_rounds=s.max_rounds)
-    encoder = FeatureEncoder().fit(sets[churn_h][0])
-    best, _ = tune(
-        encoder.transform(sets[churn_h][0]), sets[churn_h][1], encoder.transform(sets[churn_h][2]), sets[churn_h][3],
-        "binary", trials=s.trials, timeout_seconds=s.timeout_seconds, seed=config.seed, threads=s.threads, max_rounds=s.max_rounds,
-    )
-    model.params = best
+    model.params = _tuned(config, *sets[churn_h], "binary")
     model.fit(sets)
     on_step("purchase timing fitted")
 
@@ -236,6 +231,19 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
     return [churn_report, next_report]
 
 
+def _tuned(
+    config: Config, fit: pd.DataFrame, y_fit: np.ndarray, tune_rows: pd.DataFrame, y_tune: np.ndarray, objective: str
+) -> dict[str, Any]:
+    """Optuna's best parameters for the main booster of a model (trials are nested runs)."""
+    s = config.models
+    encoder = FeatureEncoder().fit(fit)
+    best, _ = tune(
+        encoder.transform(fit), y_fit, encoder.transform(tune_rows), y_tune, objective,
+        trials=s.trials, timeout_seconds=s.timeout_seconds, seed=config.seed, threads=s.threads, max_rounds=s.max_rounds,
+    )
+    return best
+
+
 def _classification_table(indicator: str, predictions: dict[str, np.ndarray], y: np.ndarray) -> pd.DataFrame:
     rows = []
     for method, p in predictions.items():
@@ -275,12 +283,7 @@ def train_expected_purchases(config: Config, data: ModelingData, client, on_step
     fit, tune_rows = data.at(w.fit), data.at([w.tune])
     label = f"future_purchase_days_{h}d"
     model = CountModel(horizon=h, seed=config.seed, threads=s.threads, max_rounds=s.max_rounds)
-    enc = FeatureEncoder().fit(fit)
-    best, _ = tune(
-        enc.transform(fit), fit[label].to_numpy(float), enc.transform(tune_rows), tune_rows[label].to_numpy(float),
-        "poisson", trials=s.trials, timeout_seconds=s.timeout_seconds, seed=config.seed, threads=s.threads, max_rounds=s.max_rounds,
-    )
-    model.params = best
+    model.params = _tuned(config, fit, fit[label].to_numpy(float), tune_rows, tune_rows[label].to_numpy(float), "poisson")
     model.fit(fit, fit[label].to_numpy(float), tune_rows, tune_rows[label].to_numpy(float))
     on_step("expected purchases fitted")
     test = data.at([w.test])
@@ -335,13 +338,9 @@ def train_clv(config: Config, data: ModelingData, client, on_step: Step) -> list
     fit, tune_rows = data.at(w.fit), data.at([w.tune])
     label = f"future_revenue_{h}d"
     model = ClvModel(horizon=h, seed=config.seed, threads=s.threads, max_rounds=s.max_rounds)
-    enc = FeatureEncoder().fit(fit)
-    best, _ = tune(
-        enc.transform(fit), np.maximum(fit[label].to_numpy(float), 0), enc.transform(tune_rows),
-        np.maximum(tune_rows[label].to_numpy(float), 0), "tweedie",
-        trials=s.trials, timeout_seconds=s.timeout_seconds, seed=config.seed, threads=s.threads, max_rounds=s.max_rounds,
+    model.params = _tuned(
+        config, fit, np.maximum(fit[label].to_numpy(float), 0), tune_rows, np.maximum(tune_rows[label].to_numpy(float), 0), "tweedie"
     )
-    model.params = best
     model.fit(fit, fit[label].to_numpy(float), tune_rows, tune_rows[label].to_numpy(float))
     on_step("CLV fitted")
     test = data.at([w.test])

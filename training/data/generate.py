@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from training.config import as_utc
+from training.data.schemas import EVENT_TYPES
 
 CHUNK_SIZE = 25_000
 US_PER_DAY = 86_400 * 1_000_000
@@ -45,16 +46,6 @@ CATEGORIES = ["apparel", "home", "electronics", "beauty", "grocery", "sustainabl
 CATEGORY_BASE_WEIGHT = np.array([0.25, 0.20, 0.12, 0.15, 0.18, 0.10])
 CATEGORY_PRICE = np.array([1.0, 1.3, 2.2, 0.7, 0.5, 1.1])
 CATEGORY_REFUND_P = np.array([0.07, 0.04, 0.06, 0.03, 0.01, 0.03])
-EVENT_TYPES = [
-    "session",
-    "product_view",
-    "cart_add",
-    "email_send",
-    "email_open",
-    "email_click",
-    "email_unsubscribe",
-    "support_contact",
-]
 SEASON_MAX = 2.0
 EMAIL_EVERY_DAYS = 14.0
 FADE_DAYS = 60.0
@@ -291,7 +282,7 @@ def generate_chunk(spec: GenerationSpec, chunk_index: int, first_index: int, siz
     ]
     e_owner = np.concatenate([part[1] for part in event_parts])
     e_day = np.concatenate([part[2] for part in event_parts])
-    e_type = np.concatenate([np.full(part[1].size, k, dtype=np.int8) for k, part in enumerate(event_parts)])
+    e_type = np.concatenate([np.full(part[1].size, EVENT_TYPES.index(part[0]), dtype=np.int8) for part in event_parts])
     valid = (e_day < horizon) & (e_day >= 0)
     e_owner, e_day, e_type = e_owner[valid], e_day[valid], e_type[valid]
     order = np.lexsort((e_type, e_day, e_owner))
