@@ -206,6 +206,12 @@ def train(
     ] = None,
 ) -> None:
     """Train, tune, backtest and register every model; print a summary against the baselines."""
+    import logging
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for noisy in ("mlflow", "alembic", "pymc"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     from training.pipeline import run_training
     from training.windows import HistoryTooShort
 
