@@ -23,7 +23,7 @@ export FEAST_USAGE := False
 export PYTHONDONTWRITEBYTECODE :=
 export UV_LINK_MODE := copy
 
-.PHONY: help setup train data features backtest-demo test test-all test-services bench lint mlflow-ui clean
+.PHONY: help setup train data features test test-all test-services bench bench-train lint mlflow-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,8 +58,11 @@ test-all: setup ## Run every test, including the slow ones
 test-services: setup ## Tests against local PostgreSQL and Redis (production profile)
 	$(RUN)/pytest -q -m services
 
-bench: setup ## Benchmarks; figures and machine info go to bench/results.json
+bench: setup ## Data/feature-store benchmark (100k and 1M customers) -> bench/results.json
 	$(RUN)/python -m bench.run --out bench/results.json
+
+bench-train: setup ## Training benchmark at 100k customers -> bench/train_results.json
+	$(RUN)/python -m bench.train --customers 100000 --out bench/train_results.json
 
 lint: setup ## Ruff lint
 	$(RUN)/ruff check .

@@ -12,7 +12,7 @@ from training.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", ["generate", "ingest", "features"])
+@pytest.mark.parametrize("command", ["generate", "ingest", "features", "train", "backtest"])
 def test_every_command_and_option_has_help(command: str) -> None:
     import click
     import typer.main
