@@ -22,6 +22,7 @@ def _data(seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
 
 def test_a_rerun_of_tuning_gives_the_same_parameters(tmp_path) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("tuning", artifact_location=(tmp_path / "a").as_uri()))
     x, y = _data()
     results = []
     for _ in range(2):
