@@ -10,7 +10,12 @@ from datetime import timedelta
 from feast import FeatureView, Field
 from feast.types import Bool, Float64, Int64, String, UnixTimestamp
 
-from feature_repo.data_sources import behaviour_source, profile_source, transactions_source
+from feature_repo.data_sources import (
+    behaviour_source,
+    predictions_source,
+    profile_source,
+    transactions_source,
+)
 from feature_repo.entities import customer
 
 # Snapshots are monthly: a cutoff more than this after the latest snapshot gets no values
@@ -113,4 +118,32 @@ customer_profile = FeatureView(
     source=profile_source,
     online=True,
     description="Demographics, interests, consents and channels.",
+)
+
+PREDICTION_FEATURES = [
+    Field(name="p_churn", dtype=Float64),
+    Field(name="p_purchase_7d", dtype=Float64),
+    Field(name="p_purchase_30d", dtype=Float64),
+    Field(name="p_purchase_90d", dtype=Float64),
+    Field(name="next_purchase_days", dtype=Float64),
+    Field(name="expected_purchases", dtype=Float64),
+    Field(name="expected_revenue", dtype=Float64),
+    Field(name="expected_revenue_p10", dtype=Float64),
+    Field(name="expected_revenue_p90", dtype=Float64),
+    Field(name="lookalike_top_value_score", dtype=Float64),
+    Field(name="lookalike_sustainable_score", dtype=Float64),
+    Field(name="value_tier", dtype=String),
+    Field(name="churn_risk_band", dtype=String),
+    Field(name="lifecycle_stage", dtype=String),
+    Field(name="model_versions", dtype=String, description="JSON: registered model -> version"),
+]
+
+customer_predictions = FeatureView(
+    name="customer_predictions",
+    entities=[customer],
+    ttl=timedelta(0),
+    schema=PREDICTION_FEATURES,
+    source=predictions_source,
+    online=True,
+    description="Indicators written back by `indicators score` (batch enrichment).",
 )

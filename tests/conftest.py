@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
@@ -51,6 +51,26 @@ def feature_world(generated_dir: Path) -> FeatureWorld:
     feature_store.apply(store, config.paths)
     feature_store.write_latest_online(store, config.paths)
     return FeatureWorld(config=config, store=store, cutoffs=cutoffs)
+
+
+TRAINED_CUSTOMERS = 1_500
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    from training.config import Config, ModelSettings
+    from training.data.generate import GenerationSpec, generate
+    from training.pipeline import run_training
+
+    root = tmp_path_factory.mktemp("trained")
+    generate(GenerationSpec(customers=TRAINED_CUSTOMERS, seed=5, start=date(2023, 11, 1), days=1095), root)
+    config = Config(
+        data_dir=root,
+        mlflow_dir=root / "mlflow",
+        models=ModelSettings(trials=2, timeout_seconds=60, max_rounds=200),
+    )
+    result = run_training(config)
+    return config, result
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -280,5 +280,26 @@ def backtest(
     )
 
 
+@app.command()
+def score(
+    data_dir: DataDir = DEFAULT_DATA,
+    mlflow_dir: Annotated[Path, typer.Option(help="Local MLflow store (mlflow.db and artifacts/).")] = PROJECT_ROOT / "mlflow",
+) -> None:
+    """Score every consenting customer with the champions; write Parquet and the online store."""
+    from serving.batch import score_all
+    from serving.scoring import ChampionMissing
+
+    began = time.perf_counter()
+    try:
+        summary = score_all(Config(data_dir=data_dir, mlflow_dir=mlflow_dir))
+    except (ChampionMissing, FileNotFoundError) as error:
+        _fail(str(error))
+    console.print(
+        f"{summary.scored:,} customers scored as of {summary.scored_at:%Y-%m-%d} "
+        f"({summary.skipped_without_consent:,} without profiling consent, not scored) "
+        f"in {time.perf_counter() - began:.1f}s -> {summary.parquet} and the online store"
+    )
+
+
 if __name__ == "__main__":
     app()

@@ -17,7 +17,12 @@ from feast.infra.offline_stores.file_source import FileSource
 
 from feature_repo.entities import customer
 from feature_repo.feature_services import customer_indicators_v1
-from feature_repo.feature_views import customer_behaviour, customer_profile, customer_transactions
+from feature_repo.feature_views import (
+    customer_behaviour,
+    customer_predictions,
+    customer_profile,
+    customer_transactions,
+)
 from feature_repo.on_demand_views import customer_recency, request_time
 from training.config import Config, Paths
 
@@ -60,7 +65,8 @@ def definitions(paths: Paths) -> list:
     recency.source_feature_view_projections = {
         name: by_name[name].projection for name in customer_recency.source_feature_view_projections
     }
-    return [customer, request_time, *views, recency, customer_indicators_v1]
+    predictions = _rebased(customer_predictions, paths.features)
+    return [customer, request_time, *views, recency, predictions, customer_indicators_v1]
 
 
 def _rebased(view: FeatureView, features_dir: Path) -> FeatureView:

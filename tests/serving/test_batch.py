@@ -1,0 +1,57 @@
+"""Batch enrichment: every consenting customer scored, in Parquet and in the online store."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from serving.batch import score_all
+from serving.scoring import Champions, churn_band
+from training.dataset import features_at
+from training.features import store as feature_store
+
+
+def test_batch_scores_every_consenting_customer_and_writes_them_online(trained) -> None:
+    config, _ = trained
+    summary = score_all(config)
+    scores = pd.read_parquet(summary.parquet)
+    profile = pd.read_parquet(config.paths.features / "customer_profile.parquet")
+    consenting = set(profile.loc[profile["profiling_consent"].fillna(False).astype(bool), "customer_id"])
+    assert set(scores["customer_id"]) == consenting and scores["customer_id"].is_unique
+    assert summary.skipped_without_consent == len(profile) - len(consenting) > 0
+    for column in ("p_churn", "p_purchase_7d", "p_purchase_30d", "p_purchase_90d"):
+        assert scores[column].between(0, 1).all(), column
+    assert (scores["p_purchase_7d"] <= scores["p_purchase_30d"] + 1e-12).all()
+    np.testing.assert_allclose(scores["p_churn"], 1 - scores["p_purchase_90d"])
+    assert set(scores["churn_risk_band"]) <= {"low", "medium", "high"}
+    assert (scores["churn_risk_band"] == scores["p_churn"].map(churn_band)).all()
+
+    store = feature_store.feature_store(config)
+    sample = scores.sample(20, random_state=1)
+    online = store.get_online_features(
+        features=[f"customer_predictions:{c}" for c in ("p_churn", "expected_revenue", "lifecycle_stage")],
+        entity_rows=[{"customer_id": cid} for cid in sample["customer_id"]],
+    ).to_dict()
+    np.testing.assert_allclose(online["p_churn"], sample["p_churn"])
+    np.testing.assert_allclose(online["expected_revenue"], sample["expected_revenue"])
+    assert online["lifecycle_stage"] == sample["lifecycle_stage"].tolist()
+
+
+def test_the_same_features_give_the_same_scores_with_reasons(trained) -> None:
+    config, _ = trained
+    summary = score_all(config)
+    scores = pd.read_parquet(summary.parquet).set_index("customer_id")
+    champions = Champions.load(config)
+    store = feature_store.feature_store(config)
+    ids = scores.index[:25]
+    features = features_at(store, pd.DataFrame({"customer_id": ids, "cutoff": pd.Timestamp(summary.scored_at)}))
+    records = champions.score(features, datetime.now(), reasons=3)
+    for record in records:
+        expected = scores.loc[record["customer_id"]]
+        for name in ("p_churn", "expected_purchases", "expected_revenue", "lookalike_sustainable_score"):
+            assert record["indicators"][name] == expected[name], name
+        assert len(record["reasons"]["p_churn"]) == 3
+        assert set(record["model_versions"]) == {"purchase_timing", "expected_purchases", "clv",
+                                                 "lookalike_top_value", "lookalike_sustainable"}
