@@ -23,7 +23,7 @@ export FEAST_USAGE := False
 export PYTHONDONTWRITEBYTECODE :=
 export UV_LINK_MODE := copy
 
-.PHONY: help setup train data features test test-all test-services bench bench-train lint mlflow-ui clean
+.PHONY: help setup train data features serve test test-all test-services bench bench-train lint mlflow-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,9 @@ features: data ## Build feature snapshots, apply the Feast repo, write latest va
 
 train: data ## The main job: data if none, features, tuned models, backtest, registry, summary
 	$(RUN)/indicators train --data-dir $(DATA) --trials $(TRIALS) --seed $(SEED)
+
+serve: setup ## Serve the endpoint on 127.0.0.1:$(PORT) (after make train)
+	INDICATORS_DATA_DIR=$(DATA) $(RUN)/bentoml serve serving.service:CustomerIndicators --host 127.0.0.1 --port $(PORT)
 
 test: setup ## Run the fast test suite (what CI runs)
 	$(RUN)/pytest -q

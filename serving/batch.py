@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from serving.scoring import Champions
+from serving.scoring import Champions, value_tier, value_tiers_of
 from training.config import Config
 from training.dataset import features_at
 from training.features import store as feature_store
@@ -60,10 +60,12 @@ def score_all(config: Config, batch_size: int = 20_000) -> ScoreSummary:
     for start in range(0, len(ids), batch_size):
         rows = pd.DataFrame({"customer_id": ids[start : start + batch_size], "cutoff": pd.Timestamp(as_of)})
         features = features_at(store, rows)
-        if start == 0:
-            champions.calibrate_tiers(features)
         frames.append(flatten(champions.score(features, as_of, reasons=0), as_of))
     scores = pd.concat(frames, ignore_index=True)
+    # Tiers need every customer's expected revenue: set once all are scored (the endpoint
+    # reads the same thresholds back from this file).
+    tiers = value_tiers_of(scores["expected_revenue"].to_numpy())
+    scores["value_tier"] = [value_tier(v, tiers) for v in scores["expected_revenue"]]
     paths.predictions.mkdir(parents=True, exist_ok=True)
     target = paths.predictions / "scores.parquet"
     partial = target.with_name(target.name + ".partial")

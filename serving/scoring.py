@@ -52,8 +52,7 @@ class Champions:
 
     def calibrate_tiers(self, features: pd.DataFrame) -> None:
         """Value tiers from the spread of expected revenue over the scored population."""
-        revenue = self.models["clv"].predict(features)["expected_revenue"].to_numpy()
-        self.value_tiers = tuple(float(q) for q in np.quantile(revenue, [0.5, 0.8, 0.95]))
+        self.value_tiers = value_tiers_of(self.models["clv"].predict(features)["expected_revenue"].to_numpy())
 
     def score(self, features: pd.DataFrame, read_at: datetime, reasons: int = 3) -> list[dict]:
         """One enriched profile per row of ``features`` (Feast columns, ``customer_id`` included)."""
@@ -106,12 +105,21 @@ class Champions:
         return records
 
     def _value_tier(self, expected_revenue: float) -> str:
-        median, high, top = self.value_tiers
-        if expected_revenue >= top:
-            return "top"
-        if expected_revenue >= high:
-            return "high"
-        return "medium" if expected_revenue >= median else "low"
+        return value_tier(expected_revenue, self.value_tiers)
+
+
+def value_tiers_of(expected_revenue: np.ndarray) -> tuple[float, float, float]:
+    """Tier thresholds: the median, P80 and P95 of expected revenue over the scored customers."""
+    return tuple(float(q) for q in np.quantile(expected_revenue, [0.5, 0.8, 0.95]))
+
+
+def value_tier(expected_revenue: float, tiers: tuple[float, float, float]) -> str:
+    median, high, top = tiers
+    if expected_revenue >= top:
+        return "top"
+    if expected_revenue >= high:
+        return "high"
+    return "medium" if expected_revenue >= median else "low"
 
 
 def _reasons(model: Any, features: pd.DataFrame, k: int, sign: float = 1.0) -> list[list[dict]]:

@@ -116,7 +116,8 @@ def time_at_probability(curve: np.ndarray, grid: np.ndarray, level: float) -> np
         result[hit] = times[k - 1] + frac[hit] * (times[k] - times[k - 1])
         done |= hit
     tail_hazard = (log_s[:, -2] - log_s[:, -1]) / (times[-1] - times[-2])
-    tail = times[-1] + (log_s[:, -1] - target) / np.where(tail_hazard > 0, tail_hazard, np.inf)
+    with np.errstate(divide="ignore"):
+        tail = np.where(tail_hazard > 0, times[-1] + (log_s[:, -1] - target) / tail_hazard, np.inf)
     result[~done] = np.minimum(tail[~done], TAIL_CAP_DAYS)
     return result
 

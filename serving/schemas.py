@@ -1,0 +1,57 @@
+"""Request models of the endpoint: pydantic, unknown fields rejected (a 400 naming them)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from feature_repo.feature_views import BEHAVIOUR_FEATURES, PROFILE_FEATURES, TRANSACTION_FEATURES
+from feature_repo.on_demand_views import RECENCY_FEATURES
+
+MAX_BATCH = 1000
+
+
+class ProfileRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_ids: list[str] = Field(min_length=1, max_length=MAX_BATCH, description="1 to 1,000 customer ids")
+    as_of: datetime | None = Field(default=None, description="Moment features are read for (default: now)")
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = Field(min_length=1)
+    as_of: datetime | None = None
+
+
+class LookalikeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seed_customer_ids: list[str] = Field(min_length=10, max_length=100_000)
+    audience_percent: float = Field(gt=0, le=50, description="Audience size, % of the non-seed customers")
+
+
+def _python_type(field) -> type:
+    name = str(field.dtype)
+    if "Bool" in name or "BOOL" in name:
+        return bool
+    if "String" in name or "STRING" in name:
+        return str
+    if "UnixTimestamp" in name or "UNIX" in name:
+        return datetime
+    return float
+
+
+# Every served feature, all optional: a what-if payload may set any subset.
+FeaturePayload = create_model(
+    "FeaturePayload",
+    __config__=ConfigDict(extra="forbid"),
+    **{
+        field.name: (_python_type(field) | None, None)
+        for field in (*TRANSACTION_FEATURES, *BEHAVIOUR_FEATURES, *PROFILE_FEATURES, *RECENCY_FEATURES)
+    },
+)
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    features: FeaturePayload  # type: ignore[valid-type]

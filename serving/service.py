@@ -1,0 +1,157 @@
+"""The BentoML endpoint: indicators, reasons and provenance for customer profiles.
+
+Start with ``make serve`` (after ``make train``). Configuration comes from the environment:
+``INDICATORS_DATA_DIR`` (default ``data/``) and ``INDICATORS_MLFLOW_DIR`` (default ``mlflow/``).
+The service loads the ``champion`` of every model and checks the online store at start, and
+refuses to start with a clear message when either is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+import pandas as pd
+from bentoml.exceptions import ServiceUnavailable
+
+from serving.schemas import ExplainRequest, LookalikeRequest, ProfileRequest, ScoreRequest
+from serving.scoring import Champions, value_tiers_of
+from training.config import PROJECT_ROOT, Config
+from training.dataset import features_at
+from training.explain import top_reasons
+from training.features import store as feature_store
+from training.features.snapshots import data_end
+from training.models import LookalikeModel
+
+
+def config_from_env() -> Config:
+    return Config(
+        data_dir=Path(os.environ.get("INDICATORS_DATA_DIR", PROJECT_ROOT / "data")),
+        mlflow_dir=Path(os.environ.get("INDICATORS_MLFLOW_DIR", PROJECT_ROOT / "mlflow")),
+    )
+
+
+def _now(as_of: datetime | None) -> datetime:
+    if as_of is None:
+        return datetime.now(UTC)
+    return as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
+
+
+@bentoml.service(traffic={"timeout": 60})
+class CustomerIndicators:
+    def __init__(self) -> None:
+        self.config = config_from_env()
+        online = self.config.paths.feast / "online_store.db"
+        if self.config.feast.online_store == "sqlite" and not online.exists():
+            raise RuntimeError(f"no online store at {online}: run `make train` (or `indicators features`) first")
+        self.champions = Champions.load(self.config)  # raises ChampionMissing with the fix in its message
+        self.store = feature_store.feature_store(self.config)
+        self.service = self.store.get_feature_service(feature_store.DEFAULT_SERVICE)
+        self._population: pd.DataFrame | None = None
+        self._set_value_tiers()
+
+    def _set_value_tiers(self) -> None:
+        """Value-tier thresholds: those of the latest batch scores, so both agree; else computed."""
+        scores = self.config.paths.predictions / "scores.parquet"
+        if scores.exists():
+            revenue = pd.read_parquet(scores, columns=["expected_revenue"])["expected_revenue"].to_numpy()
+            self.champions.value_tiers = value_tiers_of(revenue)
+        else:
+            self.champions.calibrate_tiers(self._latest_features())
+
+    def _online(self, customer_ids: list[str], as_of: datetime) -> pd.DataFrame:
+        try:
+            rows = [{"customer_id": cid, "as_of": as_of} for cid in customer_ids]
+            return self.store.get_online_features(features=self.service, entity_rows=rows).to_df()
+        except Exception as error:  # the store is a backend: its failure is not the client's fault
+            raise ServiceUnavailable(f"online feature store unavailable: {error}") from error
+
+    @bentoml.api(route="/profile", input_spec=ProfileRequest)
+    def profile(self, customer_ids: list[str], as_of: datetime | None = None) -> dict[str, Any]:
+        """Every indicator, segments, top-3 reasons, model versions and feature time per customer."""
+        moment = _now(as_of)
+        features = self._online(list(dict.fromkeys(customer_ids)), moment)
+        known = features["signup_at"].notna()
+        consent = features["profiling_consent"].astype(object).fillna(False).astype(bool)
+        scored = features[known & consent].reset_index(drop=True)
+        profiles = self.champions.score(scored, moment) if len(scored) else []
+        return {
+            "profiles": profiles,
+            "not_found": features.loc[~known, "customer_id"].tolist(),
+            "not_scored_without_consent": features.loc[known & ~consent, "customer_id"].tolist(),
+        }
+
+    @bentoml.api(route="/score", input_spec=ScoreRequest)
+    def score(self, features: Any) -> dict[str, Any]:
+        """What-if: the indicators for a feature payload (missing features are unknown)."""
+        values = features.model_dump() if hasattr(features, "model_dump") else dict(features)
+        frame = pd.DataFrame([{"customer_id": "what-if", **values}])
+        frame = frame.astype({c: float for c in frame.columns if frame[c].isna().all()})
+        [record] = self.champions.score(frame, datetime.now(UTC))
+        record.pop("customer_id")
+        return record
+
+    @bentoml.api(route="/explain", input_spec=ExplainRequest)
+    def explain(self, customer_id: str, as_of: datetime | None = None) -> dict[str, Any]:
+        """Every SHAP contribution per indicator for one customer."""
+        features = self._online([customer_id], _now(as_of))
+        if features["signup_at"].isna().all():
+            return {"customer_id": customer_id, "found": False}
+        explanations = {}
+        for indicator, name, sign in (
+            ("p_churn", "purchase_timing", -1.0),
+            ("expected_purchases", "expected_purchases", 1.0),
+            ("expected_revenue", "clv", 1.0),
+            ("lookalike_top_value_score", "lookalike_top_value", 1.0),
+            ("lookalike_sustainable_score", "lookalike_sustainable", 1.0),
+        ):
+            x, contributions = self.champions.models[name].explain(features)
+            explanations[indicator] = {
+                "base_value": float(contributions[0, -1] * sign),
+                "contributions": top_reasons(x, contributions, k=x.shape[1], sign=sign)[0],
+            }
+        return {"customer_id": customer_id, "found": True, "explanations": explanations}
+
+    @bentoml.api(route="/lookalike", input_spec=LookalikeRequest)
+    def lookalike(self, seed_customer_ids: list[str], audience_percent: float) -> dict[str, Any]:
+        """Non-seed customers ranked by similarity to the seed, with the expected precision."""
+        population = self._latest_features()
+        seeds = set(seed_customer_ids) & set(population["customer_id"])
+        if len(seeds) < 10:
+            raise bentoml.exceptions.InvalidArgument(f"only {len(seeds)} seed ids have features; at least 10 are needed")
+        model = LookalikeModel(name="request", threads=1).fit(population, seeds)
+        report = model.audience_report(population, (audience_percent,)).iloc[0]
+        candidates = population[~population["customer_id"].isin(seeds)]
+        similarity = model.similarity(candidates)
+        order = np.argsort(-similarity, kind="stable")[: int(report["audience_size"])]
+        scores = np.clip(similarity / model.label_frequency_, 0, 1)
+        return {
+            "audience": [
+                {"customer_id": candidates["customer_id"].iloc[i], "score": float(scores[i])} for i in order
+            ],
+            "expected_precision": float(report["expected_precision"]),
+            "heldout_seed_recall": float(report["heldout_seed_recall"]),
+            "seed_size": len(seeds),
+        }
+
+    def _latest_features(self) -> pd.DataFrame:
+        if self._population is None:
+            paths = self.config.paths
+            ids = pd.read_parquet(paths.features / "customer_profile.parquet", columns=["customer_id"])["customer_id"]
+            rows = pd.DataFrame({"customer_id": ids.sort_values().to_numpy(), "cutoff": pd.Timestamp(data_end(paths))})
+            self._population = features_at(self.store, rows)
+        return self._population
+
+    @bentoml.api(route="/metadata")
+    def metadata(self) -> dict[str, Any]:
+        """Champion versions, the feature service and where the models come from."""
+        return {
+            "model_versions": self.champions.versions,
+            "feature_service": feature_store.DEFAULT_SERVICE,
+            "tracking_uri": self.config.mlflow_tracking_uri,
+            "segments": {"value_tiers": self.champions.value_tiers, "churn_bands": "low < 0.3 <= medium < 0.6 <= high"},
+        }

@@ -1,0 +1,83 @@
+"""The endpoint in-process (BentoML TestClient): every route and the client errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+
+
+@pytest.fixture(scope="module")
+def client(trained):
+    config, _ = trained
+    mp = pytest.MonkeyPatch()
+    mp.setenv("INDICATORS_DATA_DIR", str(config.data_dir))
+    mp.setenv("INDICATORS_MLFLOW_DIR", str(config.mlflow_dir))
+    from serving.service import CustomerIndicators
+
+    with TestClient(CustomerIndicators.to_asgi()) as test_client:
+        yield test_client
+    mp.undo()
+
+
+def _ids(trained, consent: bool, n: int) -> list[str]:
+    config, _ = trained
+    profile = pd.read_parquet(config.paths.features / "customer_profile.parquet")
+    return profile.loc[profile["profiling_consent"] == consent, "customer_id"].head(n).tolist()
+
+
+def test_profile_scores_known_consenting_customers_and_lists_the_rest(client, trained) -> None:
+    ok, refused = _ids(trained, True, 3), _ids(trained, False, 1)
+    response = client.post("/profile", json={"customer_ids": [*ok, *refused, "nobody"]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [p["customer_id"] for p in body["profiles"]] == ok
+    assert body["not_found"] == ["nobody"] and body["not_scored_without_consent"] == refused
+    profile = body["profiles"][0]
+    assert 0 <= profile["indicators"]["p_churn"] <= 1
+    assert len(profile["reasons"]["p_churn"]) == 3
+    assert set(profile["segments"]) == {"value_tier", "churn_risk_band", "lifecycle_stage"}
+    assert profile["model_versions"]["purchase_timing"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"customer_ids": []}',
+        '{"customer_ids": ["a"], "unknown": 1}',
+        '{"customer_ids": [1, 2]}',
+        '{"customer_ids": ["a"',
+        "{}",
+        '{"customer_ids": ' + str(["x"] * 1001).replace("'", '"') + "}",
+    ],
+)
+def test_bad_requests_get_a_400_with_a_message(client, body: str) -> None:
+    response = client.post("/profile", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert "error" in response.json()
+
+
+def test_score_takes_a_partial_payload_and_rejects_unknown_fields(client) -> None:
+    response = client.post("/score", json={"features": {"days_since_last_purchase": 5.0, "purchase_days_365d": 6}})
+    assert response.status_code == 200, response.text
+    assert 0 <= response.json()["indicators"]["p_churn"] <= 1
+    assert client.post("/score", json={"features": {"shoe_size": 44}}).status_code == 400
+
+
+def test_explain_and_metadata(client, trained) -> None:
+    [customer] = _ids(trained, True, 1)
+    body = client.post("/explain", json={"customer_id": customer}).json()
+    assert body["found"] and len(body["explanations"]["p_churn"]["contributions"]) > 40
+    assert client.post("/explain", json={"customer_id": "nobody"}).json() == {"customer_id": "nobody", "found": False}
+    meta = client.post("/metadata").json()
+    assert set(meta["model_versions"]) >= {"purchase_timing", "clv"}
+
+
+def test_lookalike_ranks_non_seed_customers(client, trained) -> None:
+    seeds = _ids(trained, True, 60)
+    body = client.post("/lookalike", json={"seed_customer_ids": seeds, "audience_percent": 5}).json()
+    assert body["seed_size"] == 60 and body["audience"]
+    assert not set(a["customer_id"] for a in body["audience"]) & set(seeds)
+    scores = [a["score"] for a in body["audience"]]
+    assert 0 <= body["expected_precision"] <= 1 and all(0 <= s <= 1 for s in scores)
+    assert client.post("/lookalike", json={"seed_customer_ids": ["a"], "audience_percent": 5}).status_code == 400
