@@ -81,3 +81,33 @@ def test_lookalike_ranks_non_seed_customers(client, trained) -> None:
     scores = [a["score"] for a in body["audience"]]
     assert 0 <= body["expected_precision"] <= 1 and all(0 <= s <= 1 for s in scores)
     assert client.post("/lookalike", json={"seed_customer_ids": ["a"], "audience_percent": 5}).status_code == 400
+
+
+def test_a_store_failure_at_run_time_is_a_503(client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from feast import FeatureStore
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("redis went away")
+
+    monkeypatch.setattr(FeatureStore, "get_online_features", broken)
+    response = client.post("/profile", json={"customer_ids": ["C00000001"]})
+    assert response.status_code == 503  # BentoML hides 5xx messages from clients
+
+
+def test_start_fails_fast_without_champions(trained, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.scoring import ChampionMissing
+    from serving.service import CustomerIndicators
+
+    config, _ = trained
+    monkeypatch.setenv("INDICATORS_DATA_DIR", str(config.data_dir))
+    monkeypatch.setenv("INDICATORS_MLFLOW_DIR", str(tmp_path / "empty-mlflow"))
+    with pytest.raises(ChampionMissing, match="run `make train` first"):
+        CustomerIndicators.inner()  # what BentoML calls at start
+
+
+def test_start_fails_fast_without_an_online_store(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.service import CustomerIndicators
+
+    monkeypatch.setenv("INDICATORS_DATA_DIR", str(tmp_path / "nothing"))
+    with pytest.raises(RuntimeError, match="no online store"):
+        CustomerIndicators.inner()
