@@ -182,7 +182,7 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
     oracle = _oracle(data, config, w.test)
     if oracle is not None:
         candidates["oracle"] = 1 - _aligned(test, oracle, f"p_purchase_{churn_h}d")
-    churn_metrics = _classification_table("churn", candidates, churned)
+    churn_metrics = _metrics_table("churn", candidates, churned, evaluation.classification_metrics)
     curves = {k: (churned, v) for k, v in candidates.items()}
 
     # Next purchase: every horizon on its own test window, among customers who have bought.
@@ -200,7 +200,7 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
         o = _oracle(data, config, wh.test)
         if o is not None:
             preds["oracle"] = _aligned(t, o, f"p_purchase_{h}d")
-        timing_rows.append(_classification_table(f"p_purchase_{h}d", preds, bought))
+        timing_rows.append(_metrics_table(f"p_purchase_{h}d", preds, bought, evaluation.classification_metrics))
     longest = data.windows[max(s.purchase_horizons)]
     t = data.at([longest.test])
     t = t[_buyers(t)].reset_index(drop=True)
@@ -244,11 +244,17 @@ def _tuned(
     return best
 
 
-def _classification_table(indicator: str, predictions: dict[str, np.ndarray], y: np.ndarray) -> pd.DataFrame:
+def _metrics_table(
+    indicator: str,
+    predictions: dict[str, np.ndarray],
+    y: np.ndarray,
+    metrics: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+) -> pd.DataFrame:
+    """Long table (indicator, method, metric, value) of every method's predictions on the same rows."""
     rows = []
     for method, p in predictions.items():
         ok = ~np.isnan(p)
-        for metric, value in evaluation.classification_metrics(y[ok], p[ok]).items():
+        for metric, value in metrics(y[ok], p[ok]).items():
             rows.append({"indicator": indicator, "method": method, "metric": metric, "value": value})
     return pd.DataFrame(rows)
 
@@ -297,7 +303,7 @@ def train_expected_purchases(config: Config, data: ModelingData, client, on_step
     o = _oracle(data, config, w.test)
     if o is not None:
         preds["oracle"] = _aligned(test, o, "expected_purchases")
-    metrics = _regression_table("expected_purchases", preds, y)
+    metrics = _metrics_table("expected_purchases", preds, y, evaluation.regression_metrics)
 
     def champion_value(champion: CountModel) -> float:
         return evaluation.regression_metrics(y, champion.predict(test)["expected_purchases"].to_numpy())["mae"]
@@ -308,15 +314,6 @@ def train_expected_purchases(config: Config, data: ModelingData, client, on_step
         plots={"deciles": {k: (y, v) for k, v in preds.items()}},
     )
     return [_report_from(report, "expected_purchases", metrics, "mae", False)]
-
-
-def _regression_table(indicator: str, predictions: dict[str, np.ndarray], y: np.ndarray) -> pd.DataFrame:
-    rows = []
-    for method, p in predictions.items():
-        ok = ~np.isnan(p)
-        for metric, value in evaluation.regression_metrics(y[ok], p[ok]).items():
-            rows.append({"indicator": indicator, "method": method, "metric": metric, "value": value})
-    return pd.DataFrame(rows)
 
 
 def _report_from(report: ModelReport, indicator: str, metrics: pd.DataFrame, metric: str, higher: bool) -> ModelReport:
@@ -355,7 +352,7 @@ def train_clv(config: Config, data: ModelingData, client, on_step: Step) -> list
     o = _oracle(data, config, w.test)
     if o is not None:
         preds["oracle"] = _aligned(test, o, "expected_revenue")
-    metrics = _regression_table("expected_revenue", preds, y)
+    metrics = _metrics_table("expected_revenue", preds, y, evaluation.regression_metrics)
     coverage = evaluation.interval_coverage(y, predicted["expected_revenue_p10"].to_numpy(), predicted["expected_revenue_p90"].to_numpy())
     metrics = pd.concat(
         [metrics, pd.DataFrame([{"indicator": "expected_revenue", "method": "model", "metric": f"p10_p90_{k}", "value": v} for k, v in coverage.items()])],
