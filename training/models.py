@@ -116,7 +116,7 @@ def time_at_probability(curve: np.ndarray, grid: np.ndarray, level: float) -> np
         result[hit] = times[k - 1] + frac[hit] * (times[k] - times[k - 1])
         done |= hit
     tail_hazard = (log_s[:, -2] - log_s[:, -1]) / (times[-1] - times[-2])
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         tail = np.where(tail_hazard > 0, times[-1] + (log_s[:, -1] - target) / tail_hazard, np.inf)
     result[~done] = np.minimum(tail[~done], TAIL_CAP_DAYS)
     return result
