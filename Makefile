@@ -23,7 +23,7 @@ export FEAST_USAGE := False
 export PYTHONDONTWRITEBYTECODE :=
 export UV_LINK_MODE := copy
 
-.PHONY: help setup train data features serve test test-all test-services bench bench-train lint mlflow-ui clean
+.PHONY: help setup train data features serve test test-all test-services bench bench-train bench-serve report lint mlflow-ui feast-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,8 +61,13 @@ test-all: setup ## Run every test, including the slow ones
 test-services: setup ## Tests against local PostgreSQL and Redis (production profile)
 	$(RUN)/pytest -q -m services
 
-bench: setup ## Data/feature-store benchmark (100k and 1M customers) -> bench/results.json
+bench: setup ## Data/feature-store (100k, 1M) and serving benchmarks -> bench/results.json, bench/serve_results.json
 	$(RUN)/python -m bench.run --out bench/results.json
+	$(MAKE) bench-serve
+
+bench-serve: setup ## Serving benchmark (/profile latency, throughput, in-process floor, batch) -> bench/serve_results.json
+	@test -f mlflow/mlflow.db || $(MAKE) train
+	$(RUN)/python -m bench.serve --data-dir $(DATA) --out bench/serve_results.json
 
 bench-train: setup ## Training benchmark at 100k customers -> bench/train_results.json
 	$(RUN)/python -m bench.train --customers 100000 --out bench/train_results.json
@@ -70,8 +75,14 @@ bench-train: setup ## Training benchmark at 100k customers -> bench/train_result
 lint: setup ## Ruff lint
 	$(RUN)/ruff check .
 
+report: setup ## Print where the latest training report (HTML) is
+	@$(RUN)/indicators report
+
 mlflow-ui: setup ## Open the MLflow UI on http://127.0.0.1:5000 (local store)
 	$(RUN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
+feast-ui: setup ## Open the Feast UI on http://127.0.0.1:8888 (after make train; works offline)
+	cd feature_repo && ../$(RUN)/feast ui --host 127.0.0.1 --port 8888
+
 clean: ## Remove generated data and local MLflow store (keeps .venv)
-	rm -rf $(DATA) mlflow/mlflow.db mlflow/artifacts
+	rm -rf $(DATA) mlflow/mlflow.db mlflow/artifacts mlflow/reports

@@ -22,6 +22,21 @@ from training.config import Config
 from training.explain import top_reasons
 
 MODEL_NAMES = ("purchase_timing", "expected_purchases", "clv", "lookalike_top_value", "lookalike_sustainable")
+# Indicators each model contributes to a profile, in this order.
+INDICATOR_COLUMNS = {
+    "purchase_timing": ("p_churn", "p_purchase_7d", "p_purchase_30d", "p_purchase_90d",
+                        "next_purchase_days", "next_purchase_days_p10", "next_purchase_days_p90"),
+    "clv": ("expected_revenue", "expected_revenue_p10", "expected_revenue_p90"),
+}
+LOOKALIKES = tuple(name for name in MODEL_NAMES if name.startswith("lookalike"))
+# indicator -> (model whose SHAP values explain it, sign: churn is the complement of buying)
+EXPLAINED = {
+    "p_churn": ("purchase_timing", -1.0),
+    "expected_purchases": ("expected_purchases", 1.0),
+    "expected_revenue": ("clv", 1.0),
+    **{f"{name}_score": (name, 1.0) for name in LOOKALIKES},
+}
+SEGMENTS = ("value_tier", "churn_risk_band", "lifecycle_stage")
 CHURN_BANDS = ((0.3, "low"), (0.6, "medium"), (1.01, "high"))
 
 
@@ -34,12 +49,13 @@ class Champions:
     models: dict[str, Any]
     versions: dict[str, str]
     value_tiers: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Per model: the training run, its data and backtest windows, and its test-window metrics.
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, config: Config) -> Champions:
         client: MlflowClient = tracking.setup_tracking(config)
-        models, versions = {}, {}
+        models, versions, provenance = {}, {}, {}
         for name in MODEL_NAMES:
             model = tracking.load_model(config, name)
             if model is None:
@@ -47,65 +63,93 @@ class Champions:
                     f"no '{tracking.CHAMPION}' for model '{name}' in {config.mlflow_tracking_uri}: run `make train` first"
                 )
             models[name] = model
-            versions[name] = str(client.get_model_version_by_alias(name, tracking.CHAMPION).version)
-        return cls(models=models, versions=versions)
+            version = client.get_model_version_by_alias(name, tracking.CHAMPION)
+            versions[name] = str(version.version)
+            provenance[name] = champion_provenance(client, version.run_id)
+        return cls(models=models, versions=versions, provenance=provenance)
 
     def calibrate_tiers(self, features: pd.DataFrame) -> None:
         """Value tiers from the spread of expected revenue over the scored population."""
         self.value_tiers = value_tiers_of(self.models["clv"].predict(features)["expected_revenue"].to_numpy())
 
-    def score(self, features: pd.DataFrame, read_at: datetime, reasons: int = 3) -> list[dict]:
-        """One enriched profile per row of ``features`` (Feast columns, ``customer_id`` included)."""
-        timing = self.models["purchase_timing"].predict(features)
-        counts = self.models["expected_purchases"].predict(features)
-        revenue = self.models["clv"].predict(features)
-        lookalike = {name: self.models[name].score(features) for name in MODEL_NAMES if name.startswith("lookalike")}
-        why = (
-            {
-                "p_churn": _reasons(self.models["purchase_timing"], features, reasons, sign=-1.0),
-                "expected_purchases": _reasons(self.models["expected_purchases"], features, reasons),
-                "expected_revenue": _reasons(self.models["clv"], features, reasons),
-                **{f"{name}_score": _reasons(self.models[name], features, reasons) for name in lookalike},
-            }
-            if reasons
-            else {}
-        )
-        records = []
-        for i, customer_id in enumerate(features["customer_id"].astype(str)):
-            row = features.iloc[i]
-            p_churn = float(timing["p_churn"].iloc[i])
-            expected_revenue = float(revenue["expected_revenue"].iloc[i])
-            records.append(
-                {
-                    "customer_id": customer_id,
-                    "indicators": {
-                        "p_churn": p_churn,
-                        "p_purchase_7d": float(timing["p_purchase_7d"].iloc[i]),
-                        "p_purchase_30d": float(timing["p_purchase_30d"].iloc[i]),
-                        "p_purchase_90d": float(timing["p_purchase_90d"].iloc[i]),
-                        "next_purchase_days": float(timing["next_purchase_days"].iloc[i]),
-                        "next_purchase_days_p10": float(timing["next_purchase_days_p10"].iloc[i]),
-                        "next_purchase_days_p90": float(timing["next_purchase_days_p90"].iloc[i]),
-                        "expected_purchases": float(counts["expected_purchases"].iloc[i]),
-                        "expected_revenue": expected_revenue,
-                        "expected_revenue_p10": float(revenue["expected_revenue_p10"].iloc[i]),
-                        "expected_revenue_p90": float(revenue["expected_revenue_p90"].iloc[i]),
-                        **{f"{name}_score": float(values[i]) for name, values in lookalike.items()},
-                    },
-                    "segments": {
-                        "value_tier": self._value_tier(expected_revenue),
-                        "churn_risk_band": churn_band(p_churn),
-                        "lifecycle_stage": lifecycle_stage(row, p_churn),
-                    },
-                    "reasons": {indicator: per_row[i] for indicator, per_row in why.items()},
-                    "model_versions": dict(self.versions),
-                    "features_read_at": read_at.isoformat(),
-                }
-            )
-        return records
+    def table(self, features: pd.DataFrame) -> pd.DataFrame:
+        """``customer_id``, every indicator and the segments, one row per row of ``features``.
 
-    def _value_tier(self, expected_revenue: float) -> str:
-        return value_tier(expected_revenue, self.value_tiers)
+        Vectorized: the batch job scores a million customers with it.
+        """
+        return self._table(features, _Matrices(self.models, features))
+
+    def score(self, features: pd.DataFrame, read_at: datetime, reasons: int = 3) -> list[dict]:
+        """One enriched profile per row of ``features``: indicators, segments, top reasons, provenance."""
+        matrices = _Matrices(self.models, features)
+        table = self._table(features, matrices)
+        why: dict[str, list[list[dict]]] = {}
+        for indicator, (name, sign) in (EXPLAINED if reasons else {}).items():
+            model = self.models[name]
+            raw = features[model.encoder_.columns_]  # reasons quote the features as read
+            why[indicator] = top_reasons(raw, model.contributions(matrices[name]), k=reasons, sign=sign)
+        indicator_names = [c for c in table.columns if c not in ("customer_id", *SEGMENTS)]
+        read_at_text = read_at.isoformat()
+        return [
+            {
+                "customer_id": row["customer_id"],
+                "indicators": {name: row[name] for name in indicator_names},
+                "segments": {name: row[name] for name in SEGMENTS},
+                "reasons": {indicator: per_row[i] for indicator, per_row in why.items()},
+                "model_versions": dict(self.versions),
+                "features_read_at": read_at_text,
+            }
+            for i, row in enumerate(table.to_dict("records"))
+        ]
+
+    def _table(self, features: pd.DataFrame, matrices: _Matrices) -> pd.DataFrame:
+        timing = self.models["purchase_timing"].predict(features, matrices["purchase_timing"])
+        counts = self.models["expected_purchases"].predict(features, matrices["expected_purchases"])
+        revenue = self.models["clv"].predict(features, matrices["clv"])
+        table = pd.DataFrame(
+            {
+                "customer_id": features["customer_id"].astype(str).to_numpy(),
+                **{c: timing[c].to_numpy() for c in INDICATOR_COLUMNS["purchase_timing"]},
+                "expected_purchases": counts["expected_purchases"].to_numpy(),
+                **{c: revenue[c].to_numpy() for c in INDICATOR_COLUMNS["clv"]},
+                **{f"{name}_score": self.models[name].score(features, matrices[name]) for name in LOOKALIKES},
+            }
+        )
+        table["value_tier"] = value_tiers(table["expected_revenue"].to_numpy(), self.value_tiers)
+        table["churn_risk_band"] = churn_bands(table["p_churn"].to_numpy())
+        table["lifecycle_stage"] = lifecycle_stages(features, table["p_churn"].to_numpy())
+        return table
+
+
+class _Matrices(dict):
+    """Each model's input matrix, built once per encoder (models sharing one share it)."""
+
+    def __init__(self, models: dict[str, Any], features: pd.DataFrame) -> None:
+        super().__init__()
+        self._models, self._features, self._by_encoder = models, features, {}
+
+    def __missing__(self, name: str) -> np.ndarray:
+        encoder = self._models[name].encoder_
+        if encoder.signature not in self._by_encoder:
+            self._by_encoder[encoder.signature] = encoder.matrix(self._features)
+        self[name] = self._by_encoder[encoder.signature]
+        return self[name]
+
+
+def champion_provenance(client: MlflowClient, run_id: str) -> dict[str, Any]:
+    """Where a champion comes from: its run, training window and backtest metrics (model only)."""
+    run = client.get_run(run_id)
+    params = dict(run.data.params)
+    if "data_start" not in params and run.data.tags.get("mlflow.parentRunId"):  # lookalikes are nested
+        params = {**client.get_run(run.data.tags["mlflow.parentRunId"]).data.params, **params}
+    baselines = ("btyd.", "rfm.", "oracle.", "activity_heuristic.")
+    return {
+        "run_id": run_id,
+        "data_start": params.get("data_start"),
+        "data_end": params.get("data_end"),
+        "backtest_window": params.get("window"),
+        "metrics": {k: v for k, v in sorted(run.data.metrics.items()) if not k.startswith(baselines)},
+    }
 
 
 def value_tiers_of(expected_revenue: np.ndarray) -> tuple[float, float, float]:
@@ -113,31 +157,34 @@ def value_tiers_of(expected_revenue: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(q) for q in np.quantile(expected_revenue, [0.5, 0.8, 0.95]))
 
 
-def value_tier(expected_revenue: float, tiers: tuple[float, float, float]) -> str:
+def value_tiers(expected_revenue: np.ndarray, tiers: tuple[float, float, float]) -> np.ndarray:
+    """low / medium / high / top against the thresholds of ``value_tiers_of``."""
     median, high, top = tiers
-    if expected_revenue >= top:
-        return "top"
-    if expected_revenue >= high:
-        return "high"
-    return "medium" if expected_revenue >= median else "low"
+    return np.select(
+        [expected_revenue >= top, expected_revenue >= high, expected_revenue >= median],
+        ["top", "high", "medium"],
+        default="low",
+    )
 
 
-def _reasons(model: Any, features: pd.DataFrame, k: int, sign: float = 1.0) -> list[list[dict]]:
-    x, contributions = model.explain(features)
-    return top_reasons(x, contributions, k=k, sign=sign)
+def churn_bands(p_churn: np.ndarray) -> np.ndarray:
+    limits = [limit for limit, _ in CHURN_BANDS]
+    return np.asarray([label for _, label in CHURN_BANDS])[np.searchsorted(limits, p_churn, side="right")]
 
 
-def churn_band(p_churn: float) -> str:
-    return next(label for limit, label in CHURN_BANDS if p_churn < limit)
-
-
-def lifecycle_stage(row: pd.Series, p_churn: float) -> str:
+def lifecycle_stages(features: pd.DataFrame, p_churn: np.ndarray) -> list[str]:
     """prospect (never bought), new (first purchase < 90 days ago), active, at_risk, lapsed."""
-    since_last = row.get("days_since_last_purchase")
-    if since_last is None or pd.isna(since_last):
-        return "prospect"
-    if row.get("days_since_first_purchase", np.inf) < 90:
-        return "new"
-    if since_last > 365:
-        return "lapsed"
-    return "at_risk" if p_churn >= 0.6 else "active"
+    since_last = _days(features, "days_since_last_purchase")
+    since_first = _days(features, "days_since_first_purchase")
+    stages = np.select(
+        [np.isnan(since_last), since_first < 90, since_last > 365, p_churn >= 0.6],
+        ["prospect", "new", "lapsed", "at_risk"],
+        default="active",
+    )
+    return stages.tolist()
+
+
+def _days(features: pd.DataFrame, column: str) -> np.ndarray:
+    if column not in features:
+        return np.full(len(features), np.nan)
+    return pd.to_numeric(features[column].astype(object), errors="coerce").to_numpy(dtype=float)

@@ -8,31 +8,23 @@ refuses to start with a clear message when either is missing.
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import bentoml
 import numpy as np
 import pandas as pd
 from bentoml.exceptions import ServiceUnavailable
+from fastapi import FastAPI
 
 from serving.schemas import ExplainRequest, LookalikeRequest, ProfileRequest, ScoreRequest
 from serving.scoring import Champions, value_tiers_of
-from training.config import PROJECT_ROOT, Config
+from training.config import config_from_env
 from training.dataset import features_at
 from training.explain import top_reasons
 from training.features import store as feature_store
 from training.features.snapshots import data_end
 from training.models import LookalikeModel
-
-
-def config_from_env() -> Config:
-    return Config(
-        data_dir=Path(os.environ.get("INDICATORS_DATA_DIR", PROJECT_ROOT / "data")),
-        mlflow_dir=Path(os.environ.get("INDICATORS_MLFLOW_DIR", PROJECT_ROOT / "mlflow")),
-    )
 
 
 def _now(as_of: datetime | None) -> datetime:
@@ -41,7 +33,12 @@ def _now(as_of: datetime | None) -> datetime:
     return as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
 
 
+# GET routes: BentoML APIs are POST; this app is mounted behind them and sees the rest.
+info = FastAPI(title="customer indicators: read-only routes")
+
+
 @bentoml.service(traffic={"timeout": 60})
+@bentoml.asgi_app(info, path="/")
 class CustomerIndicators:
     def __init__(self) -> None:
         self.config = config_from_env()
@@ -146,11 +143,12 @@ class CustomerIndicators:
             self._population = features_at(self.store, rows)
         return self._population
 
-    @bentoml.api(route="/metadata")
+    @info.get("/metadata")
     def metadata(self) -> dict[str, Any]:
-        """Champion versions, the feature service and where the models come from."""
+        """Champion versions, their training windows and backtest metrics, the feature service."""
         return {
             "model_versions": self.champions.versions,
+            "champions": self.champions.provenance,
             "feature_service": feature_store.DEFAULT_SERVICE,
             "tracking_uri": self.config.mlflow_tracking_uri,
             "segments": {"value_tiers": self.champions.value_tiers, "churn_bands": "low < 0.3 <= medium < 0.6 <= high"},

@@ -31,6 +31,8 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
     "quantile_low": {"objective": "quantile", "alpha": 0.1, "metric": "quantile"},
     "quantile_high": {"objective": "quantile", "alpha": 0.9, "metric": "quantile"},
 }
+# Below this many rows a prediction runs on one thread (see ``_threads``).
+SMALL_BATCH_ROWS = 1_000
 
 
 def params_for(objective: str, overrides: dict[str, Any] | None, seed: int, threads: int) -> dict[str, Any]:
@@ -87,10 +89,38 @@ def _reporting_callback(on_round: Callable[[int, float], None]) -> Callable:
     return callback
 
 
-def predict(booster: lgb.Booster, x: pd.DataFrame) -> np.ndarray:
-    return booster.predict(x, num_iteration=booster.best_iteration or None)
+def predict(booster: lgb.Booster, x: pd.DataFrame | np.ndarray) -> np.ndarray:
+    """Predictions for an encoded frame (or its ``as_matrix``, to share one between boosters)."""
+    matrix = x if isinstance(x, np.ndarray) else as_matrix(x)
+    return booster.predict(matrix, num_iteration=booster.best_iteration or None, num_threads=_threads(matrix))
 
 
-def contributions(booster: lgb.Booster, x: pd.DataFrame) -> np.ndarray:
+def contributions(booster: lgb.Booster, x: pd.DataFrame | np.ndarray) -> np.ndarray:
     """SHAP values (last column: expected value), identical to TreeExplainer's (DESIGN.md)."""
-    return booster.predict(x, num_iteration=booster.best_iteration or None, pred_contrib=True)
+    matrix = x if isinstance(x, np.ndarray) else as_matrix(x)
+    return booster.predict(
+        matrix, num_iteration=booster.best_iteration or None, pred_contrib=True, num_threads=_threads(matrix)
+    )
+
+
+def _threads(matrix: np.ndarray) -> int:
+    """One thread for small inputs (measured: 0.09 ms instead of 0.57 ms for one row, as
+    starting OpenMP's team costs more than the trees); LightGBM's default for batches."""
+    return 1 if len(matrix) < SMALL_BATCH_ROWS else 0
+
+
+def as_matrix(x: pd.DataFrame) -> np.ndarray:
+    """The float matrix LightGBM builds from an encoded frame, built once and cheaply.
+
+    Categorical columns become their codes with NaN for missing, exactly as LightGBM's own
+    pandas path does (the encoder fixes the vocabulary, so codes match training); this skips
+    that path's per-call checks, which dominate the latency of one-customer predictions.
+    """
+    matrix = np.empty(x.shape, dtype=float)
+    for i, (_, values) in enumerate(x.items()):
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            codes = values.cat.codes.to_numpy()
+            matrix[:, i] = np.where(codes < 0, np.nan, codes)
+        else:
+            matrix[:, i] = values.to_numpy(dtype=float)
+    return matrix

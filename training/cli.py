@@ -12,7 +12,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from training.config import PROJECT_ROOT, Config, ModelSettings, SnapshotPlan
+from training.config import (
+    DEFAULT_EXPERIMENT,
+    PROJECT_ROOT,
+    Config,
+    ConfigError,
+    SnapshotPlan,
+    load_experiment,
+    parse_overrides,
+    with_experiment,
+)
 
 app = typer.Typer(
     help="Predictive indicators for customer profiles: data, features, models, scores.",
@@ -197,9 +206,17 @@ def features(
 @app.command()
 def train(
     data_dir: DataDir = DEFAULT_DATA,
-    trials: Annotated[int, typer.Option(min=1, help="Optuna trials per model.")] = 8,
-    timeout: Annotated[float, typer.Option(min=1, help="Optuna time budget per model, in seconds.")] = 300.0,
-    seed: Annotated[int, typer.Option(help="Seed of sampling, boosting and tuning.")] = 42,
+    config_file: Annotated[
+        Path, typer.Option("--config", help="Experiment config (YAML): horizons, windows, budgets, seeds.")
+    ] = DEFAULT_EXPERIMENT,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set models.trials=4 (repeatable).")
+    ] = None,
+    from_run: Annotated[
+        str | None, typer.Option(help="Reuse the config logged by this MLflow run (then --set applies on top).")
+    ] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="Shortcut for --set models.trials=N.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Shortcut for --set seed=N.")] = None,
     mlflow_dir: Annotated[Path, typer.Option(help="Local MLflow store (mlflow.db and artifacts/).")] = PROJECT_ROOT / "mlflow",
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI (default: sqlite:///<mlflow-dir>/mlflow.db).")
@@ -213,15 +230,18 @@ def train(
     for noisy in ("mlflow", "alembic", "pymc"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from training.pipeline import run_training
+    from training.tracking import logged_experiment
     from training.windows import HistoryTooShort
 
-    config = Config(
-        data_dir=data_dir,
-        mlflow_dir=mlflow_dir,
-        tracking_uri=tracking_uri,
-        seed=seed,
-        models=ModelSettings(trials=trials, timeout_seconds=timeout),
-    )
+    base = Config(data_dir=data_dir, mlflow_dir=mlflow_dir, tracking_uri=tracking_uri)
+    shortcuts = [f"models.trials={trials}"] * (trials is not None) + [f"seed={seed}"] * (seed is not None)
+    try:
+        experiment = logged_experiment(base, from_run) if from_run else load_experiment(config_file)
+        config = with_experiment(with_experiment(base, experiment), parse_overrides([*shortcuts, *(overrides or [])]))
+    except ConfigError as error:
+        _fail(str(error))
+    console.print(f"[dim]config: {f'run {from_run}' if from_run else config_file}; seed {config.seed}, "
+                  f"{config.models.trials} trials per model[/]")
     began = time.perf_counter()
     try:
         result = run_training(config, on_step=lambda message: console.print(f"[dim]{time.perf_counter() - began:6.1f}s[/] {message}"))
@@ -297,7 +317,26 @@ def score(
     console.print(
         f"{summary.scored:,} customers scored as of {summary.scored_at:%Y-%m-%d} "
         f"({summary.skipped_without_consent:,} without profiling consent, not scored) "
-        f"in {time.perf_counter() - began:.1f}s -> {summary.parquet} and the online store"
+        f"in {time.perf_counter() - began:.1f}s -> {summary.parquet} and the online store "
+        f"(stages: {', '.join(f'{k} {v:.1f}s' for k, v in summary.seconds.items())})"
+    )
+
+
+@app.command()
+def report(
+    mlflow_dir: Annotated[Path, typer.Option(help="Local MLflow store (mlflow.db and artifacts/).")] = PROJECT_ROOT / "mlflow",
+) -> None:
+    """Print where the latest training report is (one HTML page per `indicators train`)."""
+    from training.report import latest_report, reports_dir
+
+    latest = latest_report(Config(mlflow_dir=mlflow_dir))
+    if latest is None:
+        _fail(f"no report in {reports_dir(Config(mlflow_dir=mlflow_dir))}: run `make train` first")
+    runs = sorted(latest.parent.glob("train-*.html"))
+    typer.echo(latest.resolve())
+    console.print(
+        f"[dim]{len(runs)} report(s) in {latest.parent}; newest {runs[-1].name if runs else '-'}; "
+        f"also logged to MLflow (experiment 'training_reports', `make mlflow-ui`)[/]"
     )
 
 

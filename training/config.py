@@ -1,10 +1,19 @@
-"""One configuration object, built once by the CLI and passed down (no globals)."""
+"""One configuration object, built once by the CLI and passed down (no globals).
+
+The experiment part (seed, snapshot plan, model settings) also lives in a YAML file,
+``training/experiment.yaml`` by default: ``indicators train --config FILE --set models.trials=4``
+reads it, every run logs the resolved file, and ``--from-run RUN_ID`` replays one.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,6 +125,17 @@ class Config:
         return Paths(Path(self.data_dir).resolve())
 
 
+def config_from_env() -> Config:
+    """The config of a process that takes no arguments (the endpoint, notebooks).
+
+    ``INDICATORS_DATA_DIR`` (default ``data/``) and ``INDICATORS_MLFLOW_DIR`` (default ``mlflow/``).
+    """
+    return Config(
+        data_dir=Path(os.environ.get("INDICATORS_DATA_DIR", PROJECT_ROOT / "data")),
+        mlflow_dir=Path(os.environ.get("INDICATORS_MLFLOW_DIR", PROJECT_ROOT / "mlflow")),
+    )
+
+
 def as_utc(moment: datetime | date) -> datetime:
     """A timezone-aware UTC datetime for a date or a naive/aware datetime."""
     if not isinstance(moment, datetime):
@@ -123,3 +143,94 @@ def as_utc(moment: datetime | date) -> datetime:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
+
+
+# --- the experiment config (YAML): what a run depends on, apart from where files live -------
+
+DEFAULT_EXPERIMENT = PROJECT_ROOT / "training" / "experiment.yaml"
+EXPERIMENT_SECTIONS = {"snapshots": SnapshotPlan, "models": ModelSettings}
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or gives a value of the wrong type."""
+
+
+def experiment_of(config: Config) -> dict[str, Any]:
+    """The experiment part of ``config`` as plain data: seed, snapshot plan, model settings."""
+    plain = {"seed": config.seed}
+    for section in EXPERIMENT_SECTIONS:
+        plain[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(getattr(config, section)).items()}
+    return plain
+
+
+def with_experiment(config: Config, experiment: dict[str, Any]) -> Config:
+    """``config`` with the seed, snapshot plan and model settings of ``experiment`` (partial is fine)."""
+    unknown = set(experiment) - {"seed", *EXPERIMENT_SECTIONS}
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: seed, {', '.join(EXPERIMENT_SECTIONS)}")
+    changes: dict[str, Any] = {}
+    if "seed" in experiment:
+        changes["seed"] = _coerce("seed", experiment["seed"], int)
+    for section, kind in EXPERIMENT_SECTIONS.items():
+        values = experiment.get(section) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping, got {values!r}")
+        types = {f.name: f.type for f in fields(kind)}
+        bad = set(values) - set(types)
+        if bad:
+            raise ConfigError(f"unknown key(s) in '{section}': {sorted(bad)}; known: {sorted(types)}")
+        current = getattr(config, section)
+        coerced = {k: _coerce(f"{section}.{k}", v, type(getattr(current, k)), getattr(current, k)) for k, v in values.items()}
+        changes[section] = replace(current, **coerced)
+    resolved = replace(config, **changes)
+    horizons = resolved.models.purchase_horizons
+    needed = {7, 30, 90, resolved.models.churn_horizon_days}
+    if not needed <= set(horizons) or list(horizons) != sorted(set(horizons)):
+        raise ConfigError(
+            f"models.purchase_horizons must be increasing and hold {sorted(needed)} "
+            f"(the served p_purchase_7d/30d/90d and the churn horizon), got {list(horizons)}"
+        )
+    return resolved
+
+
+def load_experiment(path: Path) -> dict[str, Any]:
+    if not Path(path).exists():
+        raise ConfigError(f"config file not found: {path}")
+    loaded = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return loaded
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["models.trials=4", "seed=7"]`` -> a nested mapping for ``with_experiment``."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r} is not KEY=VALUE (e.g. models.trials=4)")
+        *sections, name = key.strip().split(".")
+        target = nested
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[name] = yaml.safe_load(raw)
+    return nested
+
+
+def experiment_yaml(config: Config) -> str:
+    return yaml.safe_dump(experiment_of(config), sort_keys=False)
+
+
+def _coerce(key: str, value: Any, kind: type, current: Any = None) -> Any:
+    try:
+        if kind is tuple:
+            items = value if isinstance(value, list | tuple) else [value]
+            item_kind = type(current[0]) if current else int
+            return tuple(item_kind(v) for v in items)
+        if kind is bool or isinstance(value, bool) and kind is not bool:
+            raise TypeError
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise TypeError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"'{key}' expects {kind.__name__}, got {value!r}") from None

@@ -50,15 +50,41 @@ class FeatureEncoder:
     def columns_(self) -> list[str]:
         return [*self.numeric_, *self.categories_]
 
-    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+    @property
+    def signature(self) -> tuple:
+        """Equal for encoders that give the same matrix, so callers can share one."""
+        return (tuple(self.numeric_), tuple((c, tuple(v)) for c, v in self.categories_.items()))
+
+    def matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        """What the boosters read: numeric columns, then category codes (NaN if missing or unseen).
+
+        Built column by column in numpy: serving encodes one customer per request, so
+        per-column pandas overhead would be the latency.
+        """
         missing = [c for c in self.columns_ if c not in frame.columns]
         if missing:
             raise KeyError(f"feature column(s) missing: {missing}")
-        out = pd.DataFrame(index=frame.index)
-        for column in self.numeric_:
-            out[column] = pd.to_numeric(frame[column].astype(object).where(frame[column].notna(), np.nan), errors="coerce").astype(float)
-        for column, vocabulary in self.categories_.items():
-            out[column] = pd.Categorical(frame[column].astype(object).where(frame[column].notna(), None), categories=vocabulary)
+        out = np.empty((len(frame), len(self.columns_)), dtype=float)
+        for i, column in enumerate(self.numeric_):
+            values = frame[column]
+            if values.dtype.kind in "fiub":
+                out[:, i] = values.to_numpy(dtype=float)
+            else:
+                out[:, i] = pd.to_numeric(values.astype(object).where(values.notna(), np.nan), errors="coerce")
+        for i, (column, vocabulary) in enumerate(self.categories_.items(), start=len(self.numeric_)):
+            values = frame[column].astype(object)
+            codes = pd.Index(vocabulary, dtype=object).get_indexer(values.where(values.notna(), None))
+            out[:, i] = np.where(codes < 0, np.nan, codes)
+        return out
+
+    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The same as ``matrix`` as a frame with categorical columns (for training and plots)."""
+        values = self.matrix(frame)
+        n = len(self.numeric_)
+        out = pd.DataFrame(values[:, :n], columns=self.numeric_, index=frame.index)
+        for i, (column, vocabulary) in enumerate(self.categories_.items(), start=n):
+            codes = np.nan_to_num(values[:, i], nan=-1).astype(int)
+            out[column] = pd.Categorical.from_codes(codes, categories=vocabulary)
         return out
 
 

@@ -38,7 +38,8 @@ def top_reasons(x: pd.DataFrame, contributions: np.ndarray, k: int = 3, sign: fl
 
 
 def _plain(value):
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    """A JSON-ready scalar: missing values (None, NaN, pd.NA) become None."""
+    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
         return None
     if isinstance(value, np.generic):
         return value.item()

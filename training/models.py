@@ -8,7 +8,9 @@
   tail) with a P10-P90 interval from conformalized quantile regression.
 - ``LookalikeModel``: positive-unlabelled learning from a seed list (Elkan & Noto).
 
-Fitted attributes end in ``_``; nothing happens in ``__init__``.
+Fitted attributes end in ``_``; nothing happens in ``__init__``. Prediction methods take
+Feast features, or also ``encoder_.matrix(features)`` so that serving encodes once per
+request for every model that shares an encoder.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 
-from training.boosting import contributions, fit_booster, predict
+from training.boosting import as_matrix, contributions, fit_booster, predict
 from training.dataset import FeatureEncoder
 
 TAIL_CAP_DAYS = 3650.0
@@ -34,6 +36,14 @@ MORE_HISTORY_RAISES_VALUE = {
     "avg_order_value": 1,
     **RECENCY_LOWERS_PURCHASE,
 }
+# Lifetime aggregates grow with the age of the business: at the test cutoff they exceed anything
+# the 365-day CLV training windows (a year or more earlier) can hold, and trees extrapolate them
+# flat. Left out of CLV, the level error on the 100k backtest fell from -4.5% to -2.3% with the
+# same Gini (0.8915 against 0.8909, default parameters).
+LIFETIME_FEATURES = (
+    "days_since_first_purchase", "days_since_signup", "purchase_days_total", "revenue_total", "orders_total",
+    "email_open_rate_total",
+)
 
 
 @dataclass
@@ -69,17 +79,17 @@ class PurchaseTimingModel:
             self.calibrators_[h] = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y_tune)
         return self
 
-    def purchase_curve(self, features: pd.DataFrame) -> pd.DataFrame:
+    def purchase_curve(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
         """Calibrated P(purchase within h) per horizon, made non-decreasing in h."""
-        x = self.encoder_.transform(features)
+        x = self.encoder_.matrix(features) if matrix is None else matrix
         curve = np.column_stack(
             [self.calibrators_[h].predict(predict(self.boosters_[h], x)) for h in self.horizons]
         )
         curve = np.maximum.accumulate(np.clip(curve, 1e-6, 1 - 1e-6), axis=1)
         return pd.DataFrame(curve, columns=[f"p_purchase_{h}d" for h in self.horizons], index=features.index)
 
-    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
-        curve = self.purchase_curve(features)
+    def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
+        curve = self.purchase_curve(features, matrix)
         out = curve.copy()
         out["p_churn"] = 1.0 - curve[f"p_purchase_{self.churn_horizon}d"]
         grid = np.asarray(self.horizons, dtype=float)
@@ -89,10 +99,13 @@ class PurchaseTimingModel:
         out["next_purchase_days_p90"] = time_at_probability(values, grid, 0.9)
         return out
 
+    def contributions(self, matrix: np.ndarray) -> np.ndarray:
+        """SHAP contributions to the log-odds of buying within the churn horizon."""
+        return contributions(self.boosters_[self.churn_horizon], matrix)
+
     def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-        """SHAP contributions (log-odds of buying within the churn horizon), and the encoded X."""
         x = self.encoder_.transform(features)
-        return x, contributions(self.boosters_[self.churn_horizon], x)
+        return x, self.contributions(as_matrix(x))
 
 
 def time_at_probability(curve: np.ndarray, grid: np.ndarray, level: float) -> np.ndarray:
@@ -152,19 +165,23 @@ class CountModel:
         self.scale_ = _total_ratio(y_tune, predict(self.booster_, self.encoder_.transform(x_tune)))
         return self
 
-    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
-        mean = predict(self.booster_, self.encoder_.transform(features)) * self.scale_
-        return pd.DataFrame({"expected_purchases": mean}, index=features.index)
+    def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
+        x = self.encoder_.matrix(features) if matrix is None else matrix
+        return pd.DataFrame({"expected_purchases": predict(self.booster_, x) * self.scale_}, index=features.index)
+
+    def contributions(self, matrix: np.ndarray) -> np.ndarray:
+        return contributions(self.booster_, matrix)
 
     def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         x = self.encoder_.transform(features)
-        return x, contributions(self.booster_, x)
+        return x, self.contributions(as_matrix(x))
 
 
 @dataclass
 class ClvModel:
     horizon: int
     coverage: float = 0.8
+    excluded_features: tuple[str, ...] = LIFETIME_FEATURES
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 42
     threads: int = 2
@@ -178,7 +195,7 @@ class ClvModel:
 
     def fit(self, x_fit: pd.DataFrame, y_fit: np.ndarray, x_tune: pd.DataFrame, y_tune: np.ndarray) -> ClvModel:
         """Mean and quantiles on the fit window; the interval is conformalized on the tune window."""
-        self.encoder_ = FeatureEncoder().fit(x_fit)
+        self.encoder_ = FeatureEncoder().fit(x_fit.drop(columns=[c for c in self.excluded_features if c in x_fit]))
         xf, xt = self.encoder_.transform(x_fit), self.encoder_.transform(x_tune)
         y_fit_pos, y_tune_pos = np.maximum(y_fit, 0.0), np.maximum(y_tune, 0.0)
         common = {"seed": self.seed, "threads": self.threads, "max_rounds": self.max_rounds}
@@ -204,8 +221,8 @@ class ClvModel:
         self.widen_ = float(np.quantile(scores, level, method="higher"))
         return self
 
-    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
-        x = self.encoder_.transform(features)
+    def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
+        x = self.encoder_.matrix(features) if matrix is None else matrix
         mean = predict(self.mean_, x) * self.scale_
         low = np.minimum(np.maximum(predict(self.low_, x) - self.widen_, 0.0), mean)
         high = np.maximum(predict(self.high_, x) + self.widen_, mean)
@@ -214,9 +231,12 @@ class ClvModel:
             index=features.index,
         )
 
+    def contributions(self, matrix: np.ndarray) -> np.ndarray:
+        return contributions(self.mean_, matrix)
+
     def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         x = self.encoder_.transform(features)
-        return x, contributions(self.mean_, x)
+        return x, self.contributions(as_matrix(x))
 
 
 @dataclass
@@ -270,17 +290,20 @@ class LookalikeModel:
         self.seed_ids_ = ids[labelled].tolist()
         return self
 
-    def score(self, features: pd.DataFrame) -> np.ndarray:
+    def score(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
         """Estimated P(looks like the seed) in [0, 1]."""
-        return np.clip(self.similarity(features) / self.label_frequency_, 0.0, 1.0)
+        return np.clip(self.similarity(features, matrix) / self.label_frequency_, 0.0, 1.0)
 
-    def similarity(self, features: pd.DataFrame) -> np.ndarray:
+    def similarity(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
         """The classifier's raw P(seed | x): use it to rank (``score`` saturates at 1)."""
-        return predict(self.booster_, self.encoder_.transform(features))
+        return predict(self.booster_, self.encoder_.matrix(features) if matrix is None else matrix)
+
+    def contributions(self, matrix: np.ndarray) -> np.ndarray:
+        return contributions(self.booster_, matrix)
 
     def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         x = self.encoder_.transform(features)
-        return x, contributions(self.booster_, x)
+        return x, self.contributions(as_matrix(x))
 
     def audience_report(self, features: pd.DataFrame, percents: tuple[int, ...]) -> pd.DataFrame:
         """Expected precision, held-out seed recall and lift for audiences of the top p% non-seed."""

@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from training.features import store as feature_store
 from training.features.snapshots import build_snapshots, connect, data_end
 from training.labels import build_labels
 from training.models import ClvModel, CountModel, LookalikeModel, PurchaseTimingModel
+from training.report import build_report
 from training.tuning import tune
 from training.windows import Windows, plan_windows, required_cutoffs
 
@@ -46,6 +47,7 @@ class ModelReport:
     promoted: bool = False
     version: str | None = None
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    run_id: str | None = None  # the MLflow run holding its plots, model card and gate decision
 
     @property
     def best_baseline(self) -> tuple[str, float]:
@@ -76,6 +78,7 @@ class TrainingResult:
     reports: list[ModelReport]
     timings: dict[str, float]
     data_window: tuple[datetime, datetime]
+    report_path: Path | None = None  # the run's HTML report
 
 
 def prepare(config: Config, on_step: Step, timings: dict[str, float]) -> tuple[ModelingData, Any]:
@@ -223,10 +226,12 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
     churn_report = ModelReport(
         "purchase_timing", "churn", "auc", True, headline["model"],
         {k: headline[k] for k in ("btyd", "rfm")}, headline.get("oracle"), report.promoted, report.version, metrics,
+        report.run_id,
     )
     next_report = ModelReport(
         "purchase_timing", f"p_purchase_{s.purchase_horizons[2]}d", "auc", True, next_auc["model"],
         {k: next_auc[k] for k in ("btyd", "rfm")}, next_auc.get("oracle"), report.promoted, report.version, metrics,
+        report.run_id,
     )
     return [churn_report, next_report]
 
@@ -321,7 +326,7 @@ def _report_from(report: ModelReport, indicator: str, metrics: pd.DataFrame, met
     return ModelReport(
         report.name, indicator, metric, higher, values["model"],
         {k: values[k] for k in values.index if k not in ("model", "oracle")}, values.get("oracle"),
-        report.promoted, report.version, metrics,
+        report.promoted, report.version, metrics, report.run_id,
     )
 
 
@@ -335,8 +340,10 @@ def train_clv(config: Config, data: ModelingData, client, on_step: Step) -> list
     fit, tune_rows = data.at(w.fit), data.at([w.tune])
     label = f"future_revenue_{h}d"
     model = ClvModel(horizon=h, seed=config.seed, threads=s.threads, max_rounds=s.max_rounds)
+    kept = [c for c in fit.columns if c not in model.excluded_features]  # tuned on what the model reads
     model.params = _tuned(
-        config, fit, np.maximum(fit[label].to_numpy(float), 0), tune_rows, np.maximum(tune_rows[label].to_numpy(float), 0), "tweedie"
+        config, fit[kept], np.maximum(fit[label].to_numpy(float), 0), tune_rows[kept],
+        np.maximum(tune_rows[label].to_numpy(float), 0), "tweedie",
     )
     model.fit(fit, fit[label].to_numpy(float), tune_rows, tune_rows[label].to_numpy(float))
     on_step("CLV fitted")
@@ -487,7 +494,10 @@ def _track(
     decision = tracking.register_and_gate(
         client, name, uri, headline, model_value, champion_score, higher_is_better, tolerance=0.002 if higher_is_better else 0.0
     )
-    return ModelReport(name, name, headline, higher_is_better, model_value, {}, None, decision.promoted, decision.challenger_version, metrics)
+    return ModelReport(
+        name, name, headline, higher_is_better, model_value, {}, None, decision.promoted, decision.challenger_version,
+        metrics, mlflow.active_run().info.run_id,
+    )
 
 
 def _pyfunc_example(model: Any, rows: pd.DataFrame) -> pd.DataFrame:
@@ -543,6 +553,7 @@ TRAINERS = {
 def run_training(config: Config, on_step: Step = lambda _: None, models: tuple[str, ...] = tuple(TRAINERS)) -> TrainingResult:
     """Train, backtest, log and gate every model. A model that fails registers nothing."""
     client = tracking.setup_tracking(config)
+    began = datetime.now(UTC)
     timings: dict[str, float] = {}
     data, _store = prepare(config, on_step, timings)
     reports: list[ModelReport] = []
@@ -560,6 +571,10 @@ def run_training(config: Config, on_step: Step = lambda _: None, models: tuple[s
                     "trials": config.models.trials,
                 }
             )
+            tracking.log_experiment(config)
             reports += TRAINERS[key](config, data, client, on_step)
         timings[f"train_{key}"] = time.perf_counter() - started
-    return TrainingResult(reports, timings, (data.data_start, data.data_end))
+    result = TrainingResult(reports, timings, (data.data_start, data.data_end))
+    result.report_path = build_report(config, result, began)
+    on_step(f"report: {result.report_path}")
+    return result

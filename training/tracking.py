@@ -18,13 +18,15 @@ from typing import Any
 import joblib
 import mlflow
 import pandas as pd
+import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from training.config import Config
+from training.config import Config, ConfigError, experiment_yaml
 
 PIP_REQUIREMENTS = ["lightgbm", "scikit-learn", "pandas", "numpy"]
 CHAMPION, CHALLENGER = "champion", "challenger"
+CONFIG_ARTIFACT = "config.yaml"  # the resolved experiment config of the run
 
 
 def setup_tracking(config: Config) -> MlflowClient:
@@ -159,3 +161,25 @@ def log_table(frame: pd.DataFrame, artifact: str) -> None:
 
 def log_json(payload: dict, artifact: str) -> None:
     mlflow.log_text(json.dumps(payload, indent=2, default=str), artifact)
+
+
+def log_experiment(config: Config) -> None:
+    """Log the run's resolved experiment config, from which ``--from-run`` replays it."""
+    mlflow.log_text(experiment_yaml(config), CONFIG_ARTIFACT)
+
+
+def logged_experiment(config: Config, run_id: str) -> dict[str, Any]:
+    """The experiment config logged by ``run_id`` (or by its parent, for a nested run)."""
+    client = setup_tracking(config)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        raise ConfigError(f"no run {run_id!r} in {config.mlflow_tracking_uri}") from error
+    for candidate in (run_id, run.data.tags.get("mlflow.parentRunId")):
+        if candidate is None:
+            continue
+        try:
+            return yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{candidate}/{CONFIG_ARTIFACT}"))
+        except (MlflowException, OSError):
+            continue
+    raise ConfigError(f"run {run_id} logged no {CONFIG_ARTIFACT} (it predates experiment configs)")

@@ -2,64 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import httpx
 import pandas as pd
 import pytest
 
 from serving.batch import score_all
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from serving.server import ServerFailed, running_server
 
 
 @pytest.fixture(scope="module")
 def server(trained):
     config, _ = trained
     summary = score_all(config)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "INDICATORS_DATA_DIR": str(config.data_dir),
-        "INDICATORS_MLFLOW_DIR": str(config.mlflow_dir),
-        "BENTOML_DO_NOT_TRACK": "True",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-    bentoml = Path(sys.executable).with_name("bentoml")
-    process = subprocess.Popen(
-        [str(bentoml), "serve", "serving.service:CustomerIndicators", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"bentoml serve exited: {process.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("bentoml serve was not ready within 120 s")
-        yield url, summary
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        with running_server(config) as url:
+            yield url, summary
+    except ServerFailed as error:
+        pytest.fail(str(error))
 
 
 def test_the_served_profile_equals_the_batch_scores(server) -> None:

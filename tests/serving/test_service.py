@@ -69,8 +69,15 @@ def test_explain_and_metadata(client, trained) -> None:
     body = client.post("/explain", json={"customer_id": customer}).json()
     assert body["found"] and len(body["explanations"]["p_churn"]["contributions"]) > 40
     assert client.post("/explain", json={"customer_id": "nobody"}).json() == {"customer_id": "nobody", "found": False}
-    meta = client.post("/metadata").json()
+    response = client.get("/metadata")
+    assert response.status_code == 200, response.text
+    meta = response.json()
     assert set(meta["model_versions"]) >= {"purchase_timing", "clv"}
+    assert meta["feature_service"] == "customer_indicators_v1"
+    churn = meta["champions"]["purchase_timing"]
+    assert churn["data_start"] and churn["data_end"] and "test" in churn["backtest_window"]
+    assert 0.5 < churn["metrics"]["churn.auc"] <= 1 and not any(k.startswith("btyd.") for k in churn["metrics"])
+    assert meta["champions"]["lookalike_top_value"]["data_end"] == churn["data_end"]  # nested runs inherit
 
 
 def test_lookalike_ranks_non_seed_customers(client, trained) -> None:

@@ -1,0 +1,179 @@
+"""Serving benchmark: /profile latency and throughput over HTTP, the in-process floor, batch scoring.
+
+    python -m bench.serve --out bench/serve_results.json     # after `make train`
+
+1. **Floor**: the service class in-process (no HTTP): the online lookup alone, then the whole
+   ``profile`` call (lookup, every model, reasons), for 1 and for 100 customers.
+2. **HTTP**: ``bentoml serve`` as a real process; sequential ``/profile`` calls for 1 and 100
+   customers (p50/p99), then throughput with concurrent clients posting batches of 100.
+   The clients run on the same 2 cores as the server, so throughput is a lower bound.
+3. **Batch**: ``indicators score`` on every customer, per stage.
+
+Results and machine information go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from bench.run import machine_info
+from serving.batch import score_all
+from serving.scoring import ChampionMissing, Champions
+from serving.server import running_server
+from training.config import Config
+
+
+def latency(call: Callable[[], object], calls: int, warmup: int = 5) -> dict[str, float]:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    values = np.asarray(times)
+    return {
+        "calls": calls,
+        "p50_ms": round(float(np.percentile(values, 50)), 3),
+        "p90_ms": round(float(np.percentile(values, 90)), 3),
+        "p99_ms": round(float(np.percentile(values, 99)), 3),
+        "mean_ms": round(float(values.mean()), 3),
+        "max_ms": round(float(values.max()), 3),
+    }
+
+
+def batches(ids: list[str], size: int, count: int, seed: int) -> list[list[str]]:
+    rng = np.random.default_rng(seed)
+    return [rng.choice(ids, size=size, replace=False).tolist() for _ in range(count)]
+
+
+def floor(config: Config, ids: list[str], calls: int) -> dict:
+    """The endpoint's own code in-process: what HTTP and BentoML add is measured against this."""
+    os.environ["INDICATORS_DATA_DIR"] = str(config.data_dir)
+    os.environ["INDICATORS_MLFLOW_DIR"] = str(config.mlflow_dir)
+    from serving.service import CustomerIndicators
+
+    service = CustomerIndicators.inner()
+    result = {}
+    moment = datetime.now(UTC)
+    for size, n in ((1, calls), (100, max(calls // 5, 20))):
+        lookups = iter(batches(ids, size, n + 5, seed=size))
+        result[f"online_lookup_{size}"] = latency(lambda w=lookups: service._online(next(w), moment), n)
+        profiles = iter(batches(ids, size, n + 5, seed=size))
+        result[f"profile_{size}"] = latency(lambda w=profiles: service.profile(customer_ids=next(w)), n)
+    return result
+
+
+def over_http(config: Config, ids: list[str], calls: int, seconds: float, clients: tuple[int, ...]) -> dict:
+    result: dict = {}
+    with running_server(config) as url:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            for size, n in ((1, calls), (100, max(calls // 5, 20))):
+                work = iter(batches(ids, size, n + 5, seed=100 + size))
+
+                def post(work=work) -> None:
+                    response = http.post("/profile", json={"customer_ids": next(work)})
+                    response.raise_for_status()
+
+                result[f"profile_{size}"] = latency(post, n)
+        for count in clients:
+            result[f"throughput_{count}_clients_batch_100"] = throughput(url, ids, count, seconds)
+    return result
+
+
+def throughput(url: str, ids: list[str], clients: int, seconds: float) -> dict:
+    """``clients`` threads post batches of 100 for ``seconds``; customers scored per second."""
+    done = [0] * clients
+    errors = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def client(k: int) -> None:
+        work = batches(ids, 100, 200, seed=1000 + k)
+        with httpx.Client(base_url=url, timeout=60) as http:
+            i = 0
+            while time.monotonic() < stop:
+                response = http.post("/profile", json={"customer_ids": work[i % len(work)]})
+                if response.status_code == 200:
+                    done[k] += len(response.json()["profiles"]) + len(response.json()["not_scored_without_consent"])
+                else:
+                    errors[k] += 1
+                i += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    return {
+        "clients": clients,
+        "seconds": round(elapsed, 2),
+        "customers": sum(done),
+        "customers_per_second": round(sum(done) / elapsed, 1),
+        "errors": sum(errors),
+    }
+
+
+def batch(config: Config) -> dict:
+    summary = score_all(config)
+    return {"customers_scored": summary.scored, "skipped_without_consent": summary.skipped_without_consent,
+            "seconds": {k: round(v, 3) for k, v in summary.seconds.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--mlflow-dir", type=Path, default=Path("mlflow"))
+    parser.add_argument("--calls", type=int, default=500, help="sequential calls for 1 customer (1/5 for 100)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of each throughput run")
+    parser.add_argument("--clients", default="1,2,4", help="concurrent clients of the throughput runs")
+    parser.add_argument("--out", type=Path, default=Path("bench/serve_results.json"))
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    config = Config(data_dir=args.data_dir.resolve(), mlflow_dir=args.mlflow_dir.resolve())
+    try:
+        Champions.load(config)
+    except ChampionMissing as error:
+        raise SystemExit(f"{error}\n(bench.serve measures the trained service)") from error
+
+    settings = {k: str(v) for k, v in vars(args).items()}
+    results: dict = {"created": datetime.now(UTC).isoformat(), "machine": machine_info(), "settings": settings}
+
+    def save() -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, default=str))
+
+    results["batch_enrichment"] = batch(config)  # also writes the scores the endpoint's tiers use
+    save()
+    profile = pd.read_parquet(config.paths.features / "customer_profile.parquet", columns=["customer_id", "profiling_consent"])
+    ids = profile["customer_id"].astype(str).tolist()
+    results["in_process_floor"] = floor(config, ids, args.calls)
+    save()
+    clients = tuple(int(c) for c in args.clients.split(","))
+    results["http"] = over_http(config, ids, args.calls, args.seconds, clients)
+    http, inproc = results["http"], results["in_process_floor"]
+    best = max(v["customers_per_second"] for k, v in http.items() if k.startswith("throughput"))
+    results["targets"] = {
+        "profile_1_p99_under_15ms": {"value_ms": http["profile_1"]["p99_ms"], "met": http["profile_1"]["p99_ms"] < 15},
+        "at_least_1000_customers_per_second_in_batches_of_100": {"value": best, "met": best >= 1000},
+        "http_overhead_p50_ms_1_customer": round(http["profile_1"]["p50_ms"] - inproc["profile_1"]["p50_ms"], 3),
+    }
+    save()
+    print(json.dumps({"targets": results["targets"], "batch": results["batch_enrichment"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

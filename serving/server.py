@@ -1,0 +1,68 @@
+"""Run ``bentoml serve`` as a real process on 127.0.0.1 (the real-process test and the benchmark).
+
+``running_server`` starts the service on a free port, waits for ``/readyz`` and always stops
+the process on exit, so nothing outlives the caller.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from training.config import PROJECT_ROOT, Config
+
+
+class ServerFailed(RuntimeError):
+    """The server exited or did not become ready; the message holds the end of its stderr."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_server(config: Config, port: int | None = None, ready_timeout: float = 120.0) -> Iterator[str]:
+    """Yield the base URL of a ready ``bentoml serve`` for ``config``'s data and registry."""
+    port = port or free_port()
+    env = {
+        **os.environ,
+        "INDICATORS_DATA_DIR": str(config.data_dir),
+        "INDICATORS_MLFLOW_DIR": str(config.mlflow_dir),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    bentoml = Path(sys.executable).with_name("bentoml")
+    command = [str(bentoml), "serve", "serving.service:CustomerIndicators", "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.poll() is not None:
+                raise ServerFailed(f"bentoml serve exited: {process.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerFailed(f"bentoml serve was not ready within {ready_timeout:.0f} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
