@@ -16,6 +16,10 @@ class ProfileRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     customer_ids: list[str] = Field(min_length=1, max_length=MAX_BATCH, description="1 to 1,000 customer ids")
     as_of: datetime | None = Field(default=None, description="Moment features are read for (default: now)")
+    reasons: int = Field(
+        default=3, ge=0, le=10,
+        description="Top reasons per indicator (exact TreeSHAP, most of the cost of a call); 0 for none",
+    )
 
 
 class ExplainRequest(BaseModel):

@@ -9,6 +9,8 @@ features give the same scores.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,7 +21,7 @@ from mlflow import MlflowClient
 
 from training import tracking
 from training.config import Config
-from training.explain import top_reasons
+from training.explain import reasons_from
 
 MODEL_NAMES = ("purchase_timing", "expected_purchases", "clv", "lookalike_top_value", "lookalike_sustainable")
 # Indicators each model contributes to a profile, in this order.
@@ -51,6 +53,7 @@ class Champions:
     value_tiers: tuple[float, float, float] = (0.0, 0.0, 0.0)
     # Per model: the training run, its data and backtest windows, and its test-window metrics.
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pool: ThreadPoolExecutor | None = field(default=None, repr=False)  # SHAP threads, made on first use
 
     @classmethod
     def load(cls, config: Config) -> Champions:
@@ -84,10 +87,16 @@ class Champions:
         matrices = _Matrices(self.models, features)
         table = self._table(features, matrices)
         why: dict[str, list[list[dict]]] = {}
-        for indicator, (name, sign) in (EXPLAINED if reasons else {}).items():
-            model = self.models[name]
-            raw = features[model.encoder_.columns_]  # reasons quote the features as read
-            why[indicator] = top_reasons(raw, model.contributions(matrices[name]), k=reasons, sign=sign)
+        if reasons:
+            # Exact TreeSHAP is most of a call's cost; LightGBM releases the GIL, so the models'
+            # contributions are computed on every core at once.
+            explained = list(EXPLAINED.items())
+            values = self._workers().map(lambda item: self.models[item[1][0]].contributions(matrices[item[1][0]]), explained)
+            read = features.to_numpy(dtype=object)  # reasons quote the features as read
+            position = {column: k for k, column in enumerate(features.columns)}
+            for (indicator, (name, sign)), contributions in zip(explained, values, strict=True):
+                names = self.models[name].encoder_.columns_
+                why[indicator] = reasons_from(names, read[:, [position[c] for c in names]], contributions, reasons, sign)
         indicator_names = [c for c in table.columns if c not in ("customer_id", *SEGMENTS)]
         read_at_text = read_at.isoformat()
         return [
@@ -101,6 +110,11 @@ class Champions:
             }
             for i, row in enumerate(table.to_dict("records"))
         ]
+
+    def _workers(self) -> ThreadPoolExecutor:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="shap")
+        return self.pool
 
     def _table(self, features: pd.DataFrame, matrices: _Matrices) -> pd.DataFrame:
         timing = self.models["purchase_timing"].predict(features, matrices["purchase_timing"])

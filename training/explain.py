@@ -19,22 +19,19 @@ def top_reasons(x: pd.DataFrame, contributions: np.ndarray, k: int = 3, sign: fl
     Each reason is ``{"feature", "value", "contribution"}``; ``sign=-1`` flips contributions
     for an indicator that is the complement of the model's output (churn = not buying).
     """
-    values = contributions[:, :-1] * sign
-    names = list(x.columns)
-    order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
-    reasons = []
-    for row, top in enumerate(order):
-        reasons.append(
-            [
-                {
-                    "feature": names[j],
-                    "value": _plain(x.iat[row, j]),
-                    "contribution": float(values[row, j]),
-                }
-                for j in top
-            ]
-        )
-    return reasons
+    return reasons_from(list(x.columns), x.to_numpy(dtype=object), contributions, k, sign)
+
+
+def reasons_from(
+    names: list[str], values: np.ndarray, contributions: np.ndarray, k: int = 3, sign: float = 1.0
+) -> list[list[dict]]:
+    """``top_reasons`` on arrays: feature names, their values per row (objects) and SHAP values."""
+    signed = contributions[:, :-1] * sign
+    order = np.argsort(-np.abs(signed), axis=1, kind="stable")[:, :k]
+    return [
+        [{"feature": names[j], "value": _plain(values[row, j]), "contribution": float(signed[row, j])} for j in top]
+        for row, top in enumerate(order)
+    ]
 
 
 def _plain(value):

@@ -81,23 +81,29 @@ class PurchaseTimingModel:
 
     def purchase_curve(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
         """Calibrated P(purchase within h) per horizon, made non-decreasing in h."""
-        x = self.encoder_.matrix(features) if matrix is None else matrix
-        curve = np.column_stack(
-            [self.calibrators_[h].predict(predict(self.boosters_[h], x)) for h in self.horizons]
-        )
-        curve = np.maximum.accumulate(np.clip(curve, 1e-6, 1 - 1e-6), axis=1)
+        curve = self._curve(self.encoder_.matrix(features) if matrix is None else matrix)
         return pd.DataFrame(curve, columns=[f"p_purchase_{h}d" for h in self.horizons], index=features.index)
 
     def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
-        curve = self.purchase_curve(features, matrix)
-        out = curve.copy()
-        out["p_churn"] = 1.0 - curve[f"p_purchase_{self.churn_horizon}d"]
+        curve = self._curve(self.encoder_.matrix(features) if matrix is None else matrix)
         grid = np.asarray(self.horizons, dtype=float)
-        values = curve.to_numpy()
-        out["next_purchase_days"] = time_at_probability(values, grid, 0.5)
-        out["next_purchase_days_p10"] = time_at_probability(values, grid, 0.1)
-        out["next_purchase_days_p90"] = time_at_probability(values, grid, 0.9)
-        return out
+        columns = {f"p_purchase_{h}d": curve[:, k] for k, h in enumerate(self.horizons)}
+        columns["p_churn"] = 1.0 - curve[:, self.horizons.index(self.churn_horizon)]
+        columns["next_purchase_days"] = time_at_probability(curve, grid, 0.5)
+        columns["next_purchase_days_p10"] = time_at_probability(curve, grid, 0.1)
+        columns["next_purchase_days_p90"] = time_at_probability(curve, grid, 0.9)
+        return pd.DataFrame(columns, index=features.index)
+
+    def _curve(self, x: np.ndarray) -> np.ndarray:
+        # The fitted isotonic step function, read directly (what IsotonicRegression.predict does
+        # with out_of_bounds="clip", without its input checks: a tenth of a millisecond per call).
+        curve = np.column_stack(
+            [
+                np.interp(predict(self.boosters_[h], x), self.calibrators_[h].X_thresholds_, self.calibrators_[h].y_thresholds_)
+                for h in self.horizons
+            ]
+        )
+        return np.maximum.accumulate(np.clip(curve, 1e-6, 1 - 1e-6), axis=1)
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         """SHAP contributions to the log-odds of buying within the churn horizon."""
