@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +30,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
+# Logs and tables go to stderr; piped (make, CI) they get a width that fits the summary table.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 DataDir = Annotated[
     Path,

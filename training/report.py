@@ -28,7 +28,8 @@ body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px;
 h1 { font-size: 1.6rem; } h2 { margin-top: 2.5rem; border-bottom: 2px solid #e4e7eb; }
 table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
 th, td { border: 1px solid #cbd2d9; padding: 0.3rem 0.6rem; text-align: right; }
-th { background: #f5f7fa; } td:first-child, th:first-child { text-align: left; }
+th { background: #f5f7fa; }
+td:nth-child(-n+2), th:nth-child(-n+2) { text-align: left; }
 .plots { display: flex; flex-wrap: wrap; gap: 1rem; }
 .plots figure { margin: 0; } .plots img { max-width: 560px; border: 1px solid #e4e7eb; }
 .promoted { color: #0b7a2a; font-weight: 600; } .kept { color: #9a6700; font-weight: 600; }
@@ -104,6 +105,10 @@ def _model_section(run_id: str, reports: list, tmp: Path) -> str:
     name = reports[0].name
     metrics = reports[0].metrics
     pivot = metrics.pivot_table(index=["indicator", "metric"], columns="method", values="value", aggfunc="first")
+    pivot = pivot[[c for c in ("model", "btyd", "rfm", "activity_heuristic", "oracle") if c in pivot] + [
+        c for c in pivot if c not in ("model", "btyd", "rfm", "activity_heuristic", "oracle")
+    ]]
+    pivot.columns.name = None
     local = tmp / run_id
     for artifact in ("plots", "promotion_decision.json"):
         mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(local))
