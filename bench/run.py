@@ -664,7 +664,7 @@ def step_online_latency(args: Args) -> Result:
         return [[{"customer_id": cid, **extra} for cid in row] for row in picks]
 
     def measure(features: Any, size: int, calls: int, with_time: bool) -> Result:
-        return _latency(lambda rows: store.get_online_features(features=features, entity_rows=rows),
+        return latency(lambda rows: store.get_online_features(features=features, entity_rows=rows),
                         batches(size, calls, with_time), warmup)  # fmt: skip
 
     n, single, batch = args["batch_size"], args["single_calls"], args["batch_calls"]
@@ -689,7 +689,7 @@ def step_online_latency(args: Args) -> Result:
     }
 
 
-def _latency(call: Callable[[list[dict]], Any], batches: list[list[dict]], warmup: int) -> Result:
+def latency(call: Callable[[list[dict]], Any], batches: list[list[dict]], warmup: int) -> Result:
     """Percentiles in ms of ``call`` over ``batches``, the first ``warmup`` calls discarded."""
     import numpy as np
 

@@ -19,7 +19,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -27,30 +26,11 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from bench.run import machine_info
+from bench.run import latency, machine_info
 from serving.batch import score_all
 from serving.scoring import ChampionMissing, Champions
 from serving.server import running_server
 from training.config import Config
-
-
-def latency(call: Callable[[], object], calls: int, warmup: int = 5) -> dict[str, float]:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
-    values = np.asarray(times)
-    return {
-        "calls": calls,
-        "p50_ms": round(float(np.percentile(values, 50)), 3),
-        "p90_ms": round(float(np.percentile(values, 90)), 3),
-        "p99_ms": round(float(np.percentile(values, 99)), 3),
-        "mean_ms": round(float(values.mean()), 3),
-        "max_ms": round(float(values.max()), 3),
-    }
 
 
 def batches(ids: list[str], size: int, count: int, seed: int) -> list[list[str]]:
@@ -59,6 +39,7 @@ def batches(ids: list[str], size: int, count: int, seed: int) -> list[list[str]]
 
 
 CASES = ((1, 3), (100, 3), (1, 0), (100, 0))  # (customers per call, reasons per indicator)
+WARMUP = 5  # calls discarded before timing
 
 
 def _calls(size: int, calls: int) -> int:
@@ -75,12 +56,12 @@ def floor(config: Config, ids: list[str], calls: int) -> dict:
     result = {}
     moment = datetime.now(UTC)
     for size in (1, 100):
-        lookups = iter(batches(ids, size, _calls(size, calls) + 5, seed=size))
-        result[f"online_lookup_{size}"] = latency(lambda w=lookups: service._online(next(w), moment), _calls(size, calls))
+        work = batches(ids, size, _calls(size, calls) + WARMUP, seed=size)
+        result[f"online_lookup_{size}"] = latency(lambda batch: service._online(batch, moment), work, WARMUP)
     for size, reasons in CASES:
-        work = iter(batches(ids, size, _calls(size, calls) + 5, seed=size))
+        work = batches(ids, size, _calls(size, calls) + WARMUP, seed=size)
         result[f"profile_{size}_reasons_{reasons}"] = latency(
-            lambda w=work, r=reasons: service.profile(customer_ids=next(w), reasons=r), _calls(size, calls)
+            lambda batch, r=reasons: service.profile(customer_ids=batch, reasons=r), work, WARMUP
         )
     return result
 
@@ -90,13 +71,13 @@ def over_http(config: Config, ids: list[str], calls: int, seconds: float, client
     with running_server(config) as url:
         with httpx.Client(base_url=url, timeout=60) as http:
             for size, reasons in CASES:
-                work = iter(batches(ids, size, _calls(size, calls) + 5, seed=100 + size))
 
-                def post(work=work, reasons=reasons) -> None:
-                    response = http.post("/profile", json={"customer_ids": next(work), "reasons": reasons})
+                def post(batch: list[str], reasons=reasons) -> None:
+                    response = http.post("/profile", json={"customer_ids": batch, "reasons": reasons})
                     response.raise_for_status()
 
-                result[f"profile_{size}_reasons_{reasons}"] = latency(post, _calls(size, calls))
+                work = batches(ids, size, _calls(size, calls) + WARMUP, seed=100 + size)
+                result[f"profile_{size}_reasons_{reasons}"] = latency(post, work, WARMUP)
         for reasons in (3, 0):
             for count in clients:
                 result[f"throughput_{count}_clients_batch_100_reasons_{reasons}"] = throughput(url, ids, count, seconds, reasons)

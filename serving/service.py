@@ -18,7 +18,7 @@ from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI
 
 from serving.schemas import ExplainRequest, LookalikeRequest, ProfileRequest, ScoreRequest
-from serving.scoring import Champions, value_tiers_of
+from serving.scoring import EXPLAINED, Champions, value_tiers_of
 from training.config import config_from_env
 from training.dataset import features_at
 from training.explain import top_reasons
@@ -102,13 +102,7 @@ class CustomerIndicators:
         if features["signup_at"].isna().all():
             return {"customer_id": customer_id, "found": False}
         explanations = {}
-        for indicator, name, sign in (
-            ("p_churn", "purchase_timing", -1.0),
-            ("expected_purchases", "expected_purchases", 1.0),
-            ("expected_revenue", "clv", 1.0),
-            ("lookalike_top_value_score", "lookalike_top_value", 1.0),
-            ("lookalike_sustainable_score", "lookalike_sustainable", 1.0),
-        ):
+        for indicator, (name, sign) in EXPLAINED.items():
             x, contributions = self.champions.models[name].explain(features)
             explanations[indicator] = {
                 "base_value": float(contributions[0, -1] * sign),

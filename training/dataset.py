@@ -101,9 +101,12 @@ class FeatureEncoder:
 
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The same as ``matrix`` as a frame with categorical columns (for training and plots)."""
-        values = self.matrix(frame)
+        return self.frame_of(self.matrix(frame), frame.index)
+
+    def frame_of(self, values: np.ndarray, index: pd.Index) -> pd.DataFrame:
+        """The frame of a ``matrix``: numeric columns, then categoricals with their vocabulary."""
         n = len(self.numeric_)
-        out = pd.DataFrame(values[:, :n], columns=self.numeric_, index=frame.index)
+        out = pd.DataFrame(values[:, :n], columns=self.numeric_, index=index)
         for i, (column, vocabulary) in enumerate(self.categories_.items(), start=n):
             codes = np.nan_to_num(values[:, i], nan=-1).astype(int)
             out[column] = pd.Categorical.from_codes(codes, categories=vocabulary)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 
-from training.boosting import as_matrix, contributions, fit_booster, predict
+from training.boosting import contributions, fit_booster, predict
 from training.dataset import FeatureEncoder
 
 TAIL_CAP_DAYS = 3650.0
@@ -110,8 +110,9 @@ class PurchaseTimingModel:
         return contributions(self.boosters_[self.churn_horizon], matrix)
 
     def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-        x = self.encoder_.transform(features)
-        return x, self.contributions(as_matrix(x))
+        """The encoded features (for names and values) and their SHAP contributions."""
+        matrix = self.encoder_.matrix(features)
+        return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
 
 
 def time_at_probability(curve: np.ndarray, grid: np.ndarray, level: float) -> np.ndarray:
@@ -179,8 +180,9 @@ class CountModel:
         return contributions(self.booster_, matrix)
 
     def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-        x = self.encoder_.transform(features)
-        return x, self.contributions(as_matrix(x))
+        """The encoded features (for names and values) and their SHAP contributions."""
+        matrix = self.encoder_.matrix(features)
+        return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
 
 
 @dataclass
@@ -241,8 +243,9 @@ class ClvModel:
         return contributions(self.mean_, matrix)
 
     def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-        x = self.encoder_.transform(features)
-        return x, self.contributions(as_matrix(x))
+        """The encoded features (for names and values) and their SHAP contributions."""
+        matrix = self.encoder_.matrix(features)
+        return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
 
 
 @dataclass
@@ -308,8 +311,9 @@ class LookalikeModel:
         return contributions(self.booster_, matrix)
 
     def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-        x = self.encoder_.transform(features)
-        return x, self.contributions(as_matrix(x))
+        """The encoded features (for names and values) and their SHAP contributions."""
+        matrix = self.encoder_.matrix(features)
+        return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
 
     def audience_report(self, features: pd.DataFrame, percents: tuple[int, ...]) -> pd.DataFrame:
         """Expected precision, held-out seed recall and lift for audiences of the top p% non-seed."""
