@@ -70,6 +70,6 @@ def score_all(config: Config, batch_size: int = 100_000) -> ScoreSummary:
     scores.to_parquet(paths.features / "customer_predictions.parquet", index=False)
     seconds["parquet"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    store.write_to_online_store("customer_predictions", scores)
+    feature_store.write_online(store, "customer_predictions", scores)
     seconds["online_write"] = time.perf_counter() - clock
     return ScoreSummary(len(scores), int((~consent).sum()), target, as_of, seconds)

@@ -80,12 +80,12 @@ class Champions:
 
         Vectorized: the batch job scores a million customers with it.
         """
-        return self._table(features, _Matrices(self.models, features))
+        return pd.DataFrame(self._columns(features, _Matrices(self.models, features)))
 
     def score(self, features: pd.DataFrame, read_at: datetime, reasons: int = 3) -> list[dict]:
         """One enriched profile per row of ``features``: indicators, segments, top reasons, provenance."""
         matrices = _Matrices(self.models, features)
-        table = self._table(features, matrices)
+        columns = self._columns(features, matrices)
         why: dict[str, list[list[dict]]] = {}
         if reasons:
             # Exact TreeSHAP is most of a call's cost; LightGBM releases the GIL, so the models'
@@ -97,18 +97,19 @@ class Champions:
             for (indicator, (name, sign)), contributions in zip(explained, values, strict=True):
                 names = self.models[name].encoder_.columns_
                 why[indicator] = reasons_from(names, read[:, [position[c] for c in names]], contributions, reasons, sign)
-        indicator_names = [c for c in table.columns if c not in ("customer_id", *SEGMENTS)]
+        indicators = {name: values.tolist() for name, values in columns.items() if name not in ("customer_id", *SEGMENTS)}
+        segments = {name: columns[name].tolist() for name in SEGMENTS}
         read_at_text = read_at.isoformat()
         return [
             {
-                "customer_id": row["customer_id"],
-                "indicators": {name: row[name] for name in indicator_names},
-                "segments": {name: row[name] for name in SEGMENTS},
+                "customer_id": customer_id,
+                "indicators": {name: values[i] for name, values in indicators.items()},
+                "segments": {name: values[i] for name, values in segments.items()},
                 "reasons": {indicator: per_row[i] for indicator, per_row in why.items()},
                 "model_versions": dict(self.versions),
                 "features_read_at": read_at_text,
             }
-            for i, row in enumerate(table.to_dict("records"))
+            for i, customer_id in enumerate(columns["customer_id"].tolist())
         ]
 
     def _workers(self) -> ThreadPoolExecutor:
@@ -116,23 +117,22 @@ class Champions:
             self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="shap")
         return self.pool
 
-    def _table(self, features: pd.DataFrame, matrices: _Matrices) -> pd.DataFrame:
-        timing = self.models["purchase_timing"].predict(features, matrices["purchase_timing"])
-        counts = self.models["expected_purchases"].predict(features, matrices["expected_purchases"])
-        revenue = self.models["clv"].predict(features, matrices["clv"])
-        table = pd.DataFrame(
-            {
-                "customer_id": features["customer_id"].astype(str).to_numpy(),
-                **{c: timing[c].to_numpy() for c in INDICATOR_COLUMNS["purchase_timing"]},
-                "expected_purchases": counts["expected_purchases"].to_numpy(),
-                **{c: revenue[c].to_numpy() for c in INDICATOR_COLUMNS["clv"]},
-                **{f"{name}_score": self.models[name].score(features, matrices[name]) for name in LOOKALIKES},
-            }
-        )
-        table["value_tier"] = value_tiers(table["expected_revenue"].to_numpy(), self.value_tiers)
-        table["churn_risk_band"] = churn_bands(table["p_churn"].to_numpy())
-        table["lifecycle_stage"] = lifecycle_stages(features, table["p_churn"].to_numpy())
-        return table
+    def _columns(self, features: pd.DataFrame, matrices: _Matrices) -> dict[str, np.ndarray]:
+        """The table's columns as arrays: one customer costs no data-frame construction."""
+        timing = self.models["purchase_timing"].indicators(matrices["purchase_timing"])
+        counts = self.models["expected_purchases"].indicators(matrices["expected_purchases"])
+        revenue = self.models["clv"].indicators(matrices["clv"])
+        columns = {
+            "customer_id": features["customer_id"].to_numpy().astype(str),
+            **{c: timing[c] for c in INDICATOR_COLUMNS["purchase_timing"]},
+            "expected_purchases": counts["expected_purchases"],
+            **{c: revenue[c] for c in INDICATOR_COLUMNS["clv"]},
+            **{f"{name}_score": self.models[name].score(features, matrices[name]) for name in LOOKALIKES},
+        }
+        columns["value_tier"] = value_tiers(columns["expected_revenue"], self.value_tiers)
+        columns["churn_risk_band"] = churn_bands(columns["p_churn"])
+        columns["lifecycle_stage"] = lifecycle_stages(features, columns["p_churn"])
+        return columns
 
 
 class _Matrices(dict):
@@ -186,7 +186,7 @@ def churn_bands(p_churn: np.ndarray) -> np.ndarray:
     return np.asarray([label for _, label in CHURN_BANDS])[np.searchsorted(limits, p_churn, side="right")]
 
 
-def lifecycle_stages(features: pd.DataFrame, p_churn: np.ndarray) -> list[str]:
+def lifecycle_stages(features: pd.DataFrame, p_churn: np.ndarray) -> np.ndarray:
     """prospect (never bought), new (first purchase < 90 days ago), active, at_risk, lapsed."""
     since_last = _days(features, "days_since_last_purchase")
     since_first = _days(features, "days_since_first_purchase")
@@ -195,7 +195,7 @@ def lifecycle_stages(features: pd.DataFrame, p_churn: np.ndarray) -> list[str]:
         ["prospect", "new", "lapsed", "at_risk"],
         default="active",
     )
-    return stages.tolist()
+    return stages
 
 
 def _days(features: pd.DataFrame, column: str) -> np.ndarray:

@@ -8,6 +8,7 @@ refuses to start with a clear message when either is missing.
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,9 +48,13 @@ class CustomerIndicators:
             raise RuntimeError(f"no online store at {online}: run `make train` (or `indicators features`) first")
         self.champions = Champions.load(self.config)  # raises ChampionMissing with the fix in its message
         self.store = feature_store.feature_store(self.config)
-        self.service = self.store.get_feature_service(feature_store.DEFAULT_SERVICE)
+        self.reader = feature_store.OnlineReader.of(self.store)
         self._population: pd.DataFrame | None = None
         self._set_value_tiers()
+        # What was loaded lives as long as the service: out of the collector's sight, a full
+        # collection no longer walks the models and the registry in the middle of a request.
+        gc.collect()
+        gc.freeze()
 
     def _set_value_tiers(self) -> None:
         """Value-tier thresholds: those of the latest batch scores, so both agree; else computed."""
@@ -62,8 +67,7 @@ class CustomerIndicators:
 
     def _online(self, customer_ids: list[str], as_of: datetime) -> pd.DataFrame:
         try:
-            rows = [{"customer_id": cid, "as_of": as_of} for cid in customer_ids]
-            values = self.store.get_online_features(features=self.service, entity_rows=rows).to_dict()
+            values = self.reader.read(customer_ids, as_of)
             # Objects as read (no dtype inference: 0.4 ms instead of 1.3 ms per call); the encoder
             # turns them into the models' floats exactly as it does Feast's offline frames.
             return pd.DataFrame(values, dtype=object)

@@ -85,14 +85,18 @@ class PurchaseTimingModel:
         return pd.DataFrame(curve, columns=[f"p_purchase_{h}d" for h in self.horizons], index=features.index)
 
     def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
-        curve = self._curve(self.encoder_.matrix(features) if matrix is None else matrix)
+        return pd.DataFrame(self.indicators(self.encoder_.matrix(features) if matrix is None else matrix), index=features.index)
+
+    def indicators(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
+        """``predict``'s columns as arrays, for an encoded matrix (serving skips the frames)."""
+        curve = self._curve(matrix)
         grid = np.asarray(self.horizons, dtype=float)
         columns = {f"p_purchase_{h}d": curve[:, k] for k, h in enumerate(self.horizons)}
         columns["p_churn"] = 1.0 - curve[:, self.horizons.index(self.churn_horizon)]
         columns["next_purchase_days"] = time_at_probability(curve, grid, 0.5)
         columns["next_purchase_days_p10"] = time_at_probability(curve, grid, 0.1)
         columns["next_purchase_days_p90"] = time_at_probability(curve, grid, 0.9)
-        return pd.DataFrame(columns, index=features.index)
+        return columns
 
     def _curve(self, x: np.ndarray) -> np.ndarray:
         # The fitted isotonic step function, read directly (what IsotonicRegression.predict does
@@ -173,8 +177,10 @@ class CountModel:
         return self
 
     def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
-        x = self.encoder_.matrix(features) if matrix is None else matrix
-        return pd.DataFrame({"expected_purchases": predict(self.booster_, x) * self.scale_}, index=features.index)
+        return pd.DataFrame(self.indicators(self.encoder_.matrix(features) if matrix is None else matrix), index=features.index)
+
+    def indicators(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
+        return {"expected_purchases": predict(self.booster_, matrix) * self.scale_}
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         return contributions(self.booster_, matrix)
@@ -213,7 +219,7 @@ class ClvModel:
         )
         # LightGBM's quantile objective takes no monotone constraints: the interval is free,
         # and widened below to always contain the (monotone) mean.
-        quantile_params = {k: v for k, v in self.params.items() if k in ("num_leaves", "min_data_in_leaf", "learning_rate")}
+        quantile_params = {k: v for k, v in self.params.items() if k in ("num_leaves", "max_depth", "min_data_in_leaf", "learning_rate")}
         alpha = (1 - self.coverage) / 2
         self.low_ = fit_booster(
             xf, y_fit, "quantile_low", x_val=xt, y_val=y_tune, overrides={**quantile_params, "alpha": alpha}, **common
@@ -230,14 +236,13 @@ class ClvModel:
         return self
 
     def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
-        x = self.encoder_.matrix(features) if matrix is None else matrix
-        mean = predict(self.mean_, x) * self.scale_
-        low = np.minimum(np.maximum(predict(self.low_, x) - self.widen_, 0.0), mean)
-        high = np.maximum(predict(self.high_, x) + self.widen_, mean)
-        return pd.DataFrame(
-            {"expected_revenue": mean, "expected_revenue_p10": low, "expected_revenue_p90": high},
-            index=features.index,
-        )
+        return pd.DataFrame(self.indicators(self.encoder_.matrix(features) if matrix is None else matrix), index=features.index)
+
+    def indicators(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
+        mean = predict(self.mean_, matrix) * self.scale_
+        low = np.minimum(np.maximum(predict(self.low_, matrix) - self.widen_, 0.0), mean)
+        high = np.maximum(predict(self.high_, matrix) + self.widen_, mean)
+        return {"expected_revenue": mean, "expected_revenue_p10": low, "expected_revenue_p90": high}
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         return contributions(self.mean_, matrix)

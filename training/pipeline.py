@@ -107,11 +107,14 @@ def prepare(config: Config, on_step: Step, timings: dict[str, float]) -> tuple[M
         horizons = sorted({*settings.purchase_horizons, settings.churn_horizon_days, settings.expected_purchases_horizon_days})
         windows = {h: plan_windows(start, end, h, settings) for h in {*horizons, settings.clv_horizon_days}}
         model_cutoffs = sorted({c for w in windows.values() for c in w.all} | {end})
-        profile = pd.read_parquet(paths.features / "customer_profile.parquet", columns=["customer_id", "signup_at"])
+        profile = modelled_customers(
+            pd.read_parquet(paths.features / "customer_profile.parquet", columns=["customer_id", "signup_at"]),
+            settings.max_customers, config.seed,
+        )
         rows = entity_rows(profile, model_cutoffs)
         features = features_at(store, rows)
         timings["feature_retrieval"] = time.perf_counter() - started
-        on_step(f"features for {len(rows):,} (customer, cutoff) rows")
+        on_step(f"features for {len(rows):,} (customer, cutoff) rows of {len(profile):,} customers")
 
         started = time.perf_counter()
         labels = build_labels(con, rows, horizons, [settings.clv_horizon_days], end)
@@ -119,10 +122,24 @@ def prepare(config: Config, on_step: Step, timings: dict[str, float]) -> tuple[M
     finally:
         con.close()
     merged = features.merge(labels, on=["customer_id", "cutoff"], how="left", validate="one_to_one")
+    modelled = pd.Index(profile["customer_id"])
     transactions = pd.read_parquet(paths.raw_table("transactions"), columns=["customer_id", "timestamp", "amount"])
+    transactions = transactions[transactions["customer_id"].isin(modelled)].reset_index(drop=True)
     truth_file = paths.truth / "latent.parquet"
     truth = pd.read_parquet(truth_file) if truth_file.exists() else None
+    if truth is not None:
+        truth = truth[truth["customer_id"].isin(modelled)].reset_index(drop=True)
     return ModelingData(merged, windows, start, end, transactions, truth), store
+
+
+def modelled_customers(profile: pd.DataFrame, max_customers: int, seed: int) -> pd.DataFrame:
+    """Everyone, or a seeded random sample of ``max_customers`` (the same one on every rerun).
+
+    The baselines and the oracle are evaluated on the same customers as the models.
+    """
+    if not max_customers or len(profile) <= max_customers:
+        return profile
+    return profile.sample(n=max_customers, random_state=seed).sort_values("customer_id").reset_index(drop=True)
 
 
 def _btyd(data: ModelingData, config: Config, cutoff: datetime) -> pd.DataFrame:
@@ -567,6 +584,7 @@ def run_training(config: Config, on_step: Step = lambda _: None, models: tuple[s
                     "data_start": f"{data.data_start:%Y-%m-%d}",
                     "data_end": f"{data.data_end:%Y-%m-%d}",
                     "rows": len(data.rows),
+                    "customers_modelled": data.rows["customer_id"].nunique(),
                     "seed": config.seed,
                     "trials": config.models.trials,
                 }

@@ -159,6 +159,27 @@ def test_online_values_equal_the_latest_offline_values(feature_world) -> None:
             assert [None if pd.isna(v) else v for v in left] == [None if pd.isna(v) else v for v in right], column
 
 
+def test_online_reader_equals_feasts_read_of_the_service(feature_world) -> None:
+    """What serving reads (``OnlineReader``: stored views via Feast, request-time ages by the
+    view's own transformation, fast conversion) is exactly Feast's ``to_dict()`` of the
+    whole service, nulls, timestamps and unknown customers included."""
+    latest = feature_world.cutoffs[-1] + timedelta(days=3, hours=5)
+    ids = [*_sample_rows(feature_world, 30, [latest])["customer_id"], "NO-SUCH-CUSTOMER"]
+    response = feature_world.store.get_online_features(
+        features=feature_store.service(feature_world.store),
+        entity_rows=[{"customer_id": cid, feature_store.REQUEST_TIME: latest} for cid in ids],
+    )
+    feast_own = response.to_dict()
+    assert feature_store.response_columns(response) == feast_own
+    served = feature_store.OnlineReader.of(feature_world.store).read(ids, latest)
+    assert sorted(served) == sorted(feast_own)  # the same columns (the order is not a contract)
+    for column, values in feast_own.items():
+        assert [type(v) for v in served[column]] == [type(v) for v in values], column
+        assert served[column] == values, column
+    assert served["signup_at"][-1] is None and served["days_since_last_purchase"][-1] is None
+    assert any(v is not None for v in served["days_since_last_purchase"])
+
+
 def test_snapshot_rows_are_bounded_by_snapshot_dates(feature_world) -> None:
     snapshots = pd.read_parquet(feature_world.paths.features / "customer_transactions.parquet")
     customers = pd.read_parquet(feature_world.paths.raw_table("customers"))

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from tests.conftest import TRAINED_CUSTOMERS
 from training import tracking
 from training.dataset import features_at
 from training.features import store as feature_store
@@ -44,6 +45,8 @@ def test_mlflow_holds_runs_trials_artifacts_and_champions(trained) -> None:
         version = client.get_model_version_by_alias(name, tracking.CHAMPION)
         assert client.get_model_version_by_alias(name, tracking.CHALLENGER).version == version.version
         run = client.get_run(version.run_id)
+        if not name.startswith("lookalike"):  # lookalikes are nested in one parent run
+            assert run.data.params["customers_modelled"] == str(TRAINED_CUSTOMERS), name
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"backtest_metrics.csv", "model_card.md", "promotion_decision.json"} <= artifacts, name
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots/shap")}

@@ -6,7 +6,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from training.boosting import contributions, fit_booster, predict
+from training.boosting import MAX_DEPTH, contributions, fit_booster, predict
 from training.explain import top_reasons
 from training.tuning import tune
 
@@ -31,8 +31,21 @@ def test_a_rerun_of_tuning_gives_the_same_parameters(tmp_path) -> None:
                                seed=7, threads=1, max_rounds=100)
         results.append((best, study.best_value))
     assert results[0] == results[1]
+    best = results[0][0]
+    assert best["num_leaves"] <= 2 ** best["max_depth"] <= 2**MAX_DEPTH  # the parameters a booster was fitted with
     runs = mlflow.search_runs(search_all_experiments=True)
     assert (runs["tags.trial.state"].dropna() != "").sum() >= 4  # every trial is a run of its own
+
+
+def test_trees_never_grow_deeper_than_the_limit() -> None:
+    """Reasons cost leaves x depth^2 per tree: leaf-wise growth must not build deep chains."""
+    x, y = _data(2)
+    booster = fit_booster(x, y, "binary", overrides={"num_leaves": 64}, rounds=30, threads=1)
+
+    def depth(node: dict) -> int:
+        return 0 if "split_index" not in node else 1 + max(depth(node["left_child"]), depth(node["right_child"]))
+
+    assert max(depth(tree["tree_structure"]) for tree in booster.dump_model()["tree_info"]) <= MAX_DEPTH
 
 
 def test_top_reasons_are_the_largest_contributions_and_add_up() -> None:

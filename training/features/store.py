@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import pandas as pd
-from feast import FeatureService, FeatureStore, FeatureView, RepoConfig
+from feast import FeatureService, FeatureStore, FeatureView, RepoConfig, ValueType
 from feast.infra.offline_stores.file_source import FileSource
+from feast.online_response import OnlineResponse
+from feast.type_map import NULL_TIMESTAMP_INT_VALUE, feast_value_type_to_python_type
 
 from feature_repo.entities import customer
 from feature_repo.feature_services import customer_indicators_v1
@@ -25,6 +30,7 @@ from feature_repo.feature_views import (
 )
 from feature_repo.on_demand_views import customer_recency, request_time
 from training.config import Config, Paths
+from training.features import online_store
 
 DEFAULT_SERVICE = customer_indicators_v1.name
 BATCH_VIEWS = (customer_transactions, customer_behaviour, customer_profile)
@@ -32,7 +38,7 @@ REQUEST_TIME = "as_of"
 
 
 def repo_config(config: Config) -> RepoConfig:
-    """Embedded default (file registry + SQLite) or production (SQL registry + Redis)."""
+    """Embedded default (file registry + SQLite, written in bulk) or production (SQL registry + Redis)."""
     paths = config.paths
     paths.feast.mkdir(parents=True, exist_ok=True)
     settings = config.feast
@@ -45,7 +51,7 @@ def repo_config(config: Config) -> RepoConfig:
     if settings.online_store == "redis":
         online = {"type": "redis", "connection_string": settings.redis_connection}
     else:
-        online = {"type": "sqlite", "path": str(paths.feast / "online_store.db")}
+        online = {"type": online_store.STORE_TYPE, "path": str(paths.feast / "online_store.db")}
     return RepoConfig(
         project=settings.project,
         provider="local",
@@ -99,11 +105,21 @@ def write_latest_online(store: FeatureStore, paths: Paths) -> dict[str, int]:
             f"SELECT * FROM read_parquet('{source_file}') "
             f"QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY {ts} DESC) = 1"
         ).df()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            store.write_to_online_store(view.name, latest)
+        write_online(store, view.name, latest)
         written[view.name] = len(latest)
     return written
+
+
+ONLINE_WRITE_ROWS = 100_000
+
+
+def write_online(store: FeatureStore, view_name: str, frame: pd.DataFrame) -> None:
+    """Write ``frame`` to the online store in slices: Feast holds a Python object per value
+    while it writes (60 values a customer: 6 GB at a million customers in one call)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for start in range(0, len(frame), ONLINE_WRITE_ROWS):
+            store.write_to_online_store(view_name, frame.iloc[start : start + ONLINE_WRITE_ROWS])
 
 
 def service(store: FeatureStore, name: str = DEFAULT_SERVICE) -> FeatureService:
@@ -142,10 +158,83 @@ def training_frame(
 
 
 def online_features(
-    store: FeatureStore, customer_ids: list[str], as_of: pd.Timestamp, service_name: str = DEFAULT_SERVICE
+    store: FeatureStore, customer_ids: list[str], as_of: pd.Timestamp | datetime, service_name: str = DEFAULT_SERVICE
 ) -> dict[str, list]:
     """Latest feature values for ``customer_ids`` from the online store, ages taken at ``as_of``."""
-    as_of = pd.Timestamp(as_of)
-    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
-    rows = [{"customer_id": cid, REQUEST_TIME: as_of.to_pydatetime()} for cid in customer_ids]
-    return store.get_online_features(features=service(store, service_name), entity_rows=rows).to_dict()
+    return OnlineReader.of(store, service_name).read(customer_ids, as_of)
+
+
+@dataclass(frozen=True)
+class OnlineReader:
+    """A feature service read from the online store: what the endpoint does per request.
+
+    Stored views are read through Feast (``get_online_features``). Request-time views are
+    computed in process by their own transformation from ``feature_repo/``: Feast's route for
+    them converts the whole response to Python and back, 19 of 43 ms for 100 customers
+    (measured), which this skips. The result equals Feast's read of the whole service (tested).
+    """
+
+    store: FeatureStore
+    stored: tuple[str, ...]  # "view:feature" references read from the store
+    on_demand: tuple[tuple[Callable[[dict], dict], tuple[str, ...]], ...]  # (transformation, its outputs)
+    columns: tuple[str, ...]  # what ``read`` returns: the entity key and the service's features
+
+    @classmethod
+    def of(cls, store: FeatureStore, service_name: str = DEFAULT_SERVICE) -> OnlineReader:
+        feature_service = service(store, service_name)
+        request_time_views = {view.name: view for view in store.list_on_demand_feature_views()}
+        stored, on_demand, columns = [], [], ["customer_id"]
+        for projection in feature_service.feature_view_projections:
+            names = [f.name for f in projection.features]
+            columns += names
+            view = request_time_views.get(projection.name)
+            if view is None:
+                stored += [f"{projection.name_to_use()}:{name}" for name in names]
+                continue
+            if view.mode != "python":
+                raise ValueError(f"on-demand view '{view.name}' is in {view.mode} mode; the online reader runs python mode")
+            for source in view.source_feature_view_projections.values():
+                stored += [f"{source.name_to_use()}:{f.name}" for f in source.features]
+            on_demand.append((view.feature_transformation.udf, tuple(names)))
+        return cls(store, tuple(dict.fromkeys(stored)), tuple(on_demand), tuple(columns))
+
+    def read(self, customer_ids: list[str], as_of: pd.Timestamp | datetime) -> dict[str, list]:
+        moment = pd.Timestamp(as_of)
+        moment = (moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")).to_pydatetime()
+        response = self.store.get_online_features(features=list(self.stored), entity_rows={"customer_id": list(customer_ids)})
+        values = response_columns(response)
+        for transformation, outputs in self.on_demand:
+            computed = transformation({**values, REQUEST_TIME: [moment] * len(customer_ids)})
+            values.update({name: computed[name] for name in outputs})
+        return {name: values[name] for name in self.columns}
+
+
+# Value kinds returned as they are; a timestamp becomes a UTC datetime, as in Feast's to_dict.
+_PLAIN_KINDS = frozenset({"double_val", "float_val", "int64_val", "int32_val", "string_val", "bool_val", "bytes_val"})
+_UUID_TYPES = (ValueType.UUID, ValueType.TIME_UUID)
+
+
+def response_columns(response: OnlineResponse) -> dict[str, list]:
+    """``response.to_dict()`` for scalar features at a fraction of its cost.
+
+    Feast dispatches on the type of every value (2.3 us each: a third of reading 100 profiles);
+    here each column is checked once and read directly. Columns of any other kind (lists, maps,
+    JSON) go through Feast's own conversion, so the result is always ``to_dict``'s (tested).
+    """
+    types = getattr(response, "_feature_types", {})  # declared types: UUIDs stored as strings
+    columns: dict[str, list] = {}
+    for name, vector in zip(response.proto.metadata.feature_names.val, response.proto.results, strict=True):
+        values = vector.values
+        kinds = [value.WhichOneof("val") for value in values]
+        present = set(kinds) - {None}
+        if present <= _PLAIN_KINDS and types.get(name) not in _UUID_TYPES:
+            columns[name] = [None if kind is None else getattr(value, kind) for value, kind in zip(values, kinds, strict=True)]
+        elif present == {"unix_timestamp_val"}:
+            columns[name] = [
+                None if kind is None or value.unix_timestamp_val == NULL_TIMESTAMP_INT_VALUE
+                else datetime.fromtimestamp(value.unix_timestamp_val, tz=UTC)
+                for value, kind in zip(values, kinds, strict=True)
+            ]
+        else:
+            columns[name] = [feast_value_type_to_python_type(value, types.get(name)) for value in values]
+    return columns
