@@ -121,6 +121,7 @@ def run(customers: int, trials: int, work: Path) -> dict:
     metrics = pd.concat([r.metrics.assign(model=r.name) for r in result.reports]).drop_duplicates()
     return {
         "customers": customers,
+        "customers_modelled": int(min(customers, config.models.max_customers or customers)),
         "trials_per_model": trials,
         "seconds": {"generate": generation, **result.timings, "train_total": total},
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
@@ -153,17 +154,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-train-"))
+    payload = {"created": datetime.now(UTC).isoformat(), "machine": machine(), "runs": []}
+    runs = payload["runs"]
     try:
-        runs = [run(n, args.trials, work) for n in args.customers]
+        for n in args.customers:
+            runs.append(run(n, args.trials, work))
+            args.out.write_text(json.dumps(payload, indent=2, default=str))  # a later scale may fail
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
-    payload = {
-        "created": datetime.now(UTC).isoformat(),
-        "machine": machine(),
-        "runs": runs,
-    }
-    args.out.write_text(json.dumps(payload, indent=2, default=str))
     for r in runs:
         print(
             f"{r['customers']:,} customers: "

@@ -159,6 +159,24 @@ def test_online_values_equal_the_latest_offline_values(feature_world) -> None:
             assert [None if pd.isna(v) else v for v in left] == [None if pd.isna(v) else v for v in right], column
 
 
+def test_training_frames_equal_feasts_retrieval_of_the_service(feature_world) -> None:
+    """``training_frame`` computes request-time ages from just their inputs: the frame equals
+    Feast's own retrieval of the whole feature service, column for column."""
+    rows = _sample_rows(feature_world, 300, feature_world.cutoffs[-3:])
+    ours = feature_store.training_frame(feature_world.store, rows)
+    cutoff = pd.to_datetime(rows["cutoff"], utc=True).to_numpy()
+    entity_df = pd.DataFrame({"customer_id": rows["customer_id"].to_numpy(), "event_timestamp": cutoff,
+                              feature_store.REQUEST_TIME: cutoff, "_row": range(len(rows))})
+    feast_own = feature_world.store.get_historical_features(
+        entity_df=entity_df, features=feature_store.service(feature_world.store)
+    ).to_df().sort_values("_row").reset_index(drop=True)
+    feast_own = feast_own.drop(columns=["_row", feature_store.REQUEST_TIME]).rename(columns={"event_timestamp": "cutoff"})
+    assert ours["customer_id"].tolist() == rows["customer_id"].tolist()
+    assert ours["days_since_last_purchase"].notna().any() and ours["days_since_last_purchase"].isna().any()
+    pd.testing.assert_frame_equal(ours, feast_own[ours.columns], check_exact=True)
+    assert sorted(ours.columns) == sorted(feast_own.columns)
+
+
 def test_online_reader_equals_feasts_read_of_the_service(feature_world) -> None:
     """What serving reads (``OnlineReader``: stored views via Feast, request-time ages by the
     view's own transformation, fast conversion) is exactly Feast's ``to_dict()`` of the
