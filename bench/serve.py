@@ -187,8 +187,8 @@ def main() -> None:
         save()
     profile = pd.read_parquet(config.paths.features / "customer_profile.parquet", columns=["customer_id", "profiling_consent"])
     ids = profile["customer_id"].astype(str).tolist()
-    # The clients run first, in a process that holds no service: a collection walking the
-    # in-process service's objects would be measured as server latency.
+    # The HTTP clients run before the in-process service is loaded, with what this process
+    # holds frozen: a collection walking its objects would be measured as server latency.
     gc.collect()
     gc.freeze()
     clients = tuple(int(c) for c in args.clients.split(","))

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 
 # Trees are depth-limited: exact TreeSHAP costs O(leaves x depth^2) per tree and row, and
-# LightGBM's leaf-wise growth left unchecked grew 56-leaf trees 15 levels deep on average
-# (measured on the 20k champions), which made reasons 3-10x dearer than balanced trees of the
-# same size, for no measured accuracy (see ``tuning.search_space``).
+# LightGBM's leaf-wise growth left unchecked grew 56-leaf trees 15 levels deep on average.
+# Measured on the 20k champions: one customer's reasons 11 ms -> 2.9 ms, prediction
+# 126 -> 68 us a row, for 0.0025 of churn AUC (README, "Tree shape").
 MAX_DEPTH = 6
 BASE_PARAMS: dict[str, Any] = {
     "learning_rate": 0.08,

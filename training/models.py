@@ -204,11 +204,14 @@ class ClvModel:
     mean_: lgb.Booster | None = None
     low_: lgb.Booster | None = None
     high_: lgb.Booster | None = None
-    widen_: float = 0.0
+    # Added to the P90 booster, for customers who never bought / who bought (conformal, below).
+    high_shift_: tuple[float, float] = (0.0, 0.0)
     scale_: float = 1.0
 
     def fit(self, x_fit: pd.DataFrame, y_fit: np.ndarray, x_tune: pd.DataFrame, y_tune: np.ndarray) -> ClvModel:
-        """Mean and quantiles on the fit window; the interval is conformalized on the tune window."""
+        """Mean and quantiles on the fit window; the interval is conformalized on the tune window,
+        separately for customers who have bought and those who have not (Mondrian conformal
+        prediction: the coverage holds in each group, not only on average over both)."""
         self.encoder_ = FeatureEncoder().fit(x_fit.drop(columns=[c for c in self.excluded_features if c in x_fit]))
         xf, xt = self.encoder_.transform(x_fit), self.encoder_.transform(x_tune)
         y_fit_pos, y_tune_pos = np.maximum(y_fit, 0.0), np.maximum(y_tune, 0.0)
@@ -218,7 +221,7 @@ class ClvModel:
             monotone=MORE_HISTORY_RAISES_VALUE, **common,
         )
         # LightGBM's quantile objective takes no monotone constraints: the interval is free,
-        # and widened below to always contain the (monotone) mean.
+        # and kept around the (monotone) mean in ``_bounds`` and ``indicators``.
         quantile_params = {k: v for k, v in self.params.items() if k in ("num_leaves", "max_depth", "min_data_in_leaf", "learning_rate")}
         alpha = (1 - self.coverage) / 2
         self.low_ = fit_booster(
@@ -228,21 +231,31 @@ class ClvModel:
             xf, y_fit, "quantile_high", x_val=xt, y_val=y_tune, overrides={**quantile_params, "alpha": 1 - alpha}, **common
         )
         self.scale_ = _total_ratio(y_tune, predict(self.mean_, xt))
-        low, high = predict(self.low_, xt), predict(self.high_, xt)
-        scores = np.maximum(low - y_tune, y_tune - high)
-        n = len(scores)
-        level = min(1.0, np.ceil((n + 1) * self.coverage) / n)
-        self.widen_ = float(np.quantile(scores, level, method="higher"))
+        tune = self.encoder_.matrix(x_tune)
+        mean, low, upper = self._bounds(tune)
+        bought = self._bought(tune)
+        self.high_shift_ = tuple(
+            upper_shift(y_tune[group], low[group], mean[group], upper[group], self.coverage) for group in (~bought, bought)
+        )
         return self
 
     def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
         return pd.DataFrame(self.indicators(self.encoder_.matrix(features) if matrix is None else matrix), index=features.index)
 
     def indicators(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
-        mean = predict(self.mean_, matrix) * self.scale_
-        low = np.minimum(np.maximum(predict(self.low_, matrix) - self.widen_, 0.0), mean)
-        high = np.maximum(predict(self.high_, matrix) + self.widen_, mean)
+        mean, low, upper = self._bounds(matrix)
+        shift = np.where(self._bought(matrix), self.high_shift_[1], self.high_shift_[0])
+        high = np.maximum(upper + shift, mean)
         return {"expected_revenue": mean, "expected_revenue_p10": low, "expected_revenue_p90": high}
+
+    def _bounds(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean, lower bound (P10 booster within [0, mean]) and the P90 booster's raw value."""
+        mean = predict(self.mean_, matrix) * self.scale_
+        low = np.minimum(np.maximum(predict(self.low_, matrix), 0.0), mean)
+        return mean, low, predict(self.high_, matrix)
+
+    def _bought(self, matrix: np.ndarray) -> np.ndarray:
+        return ~np.isnan(matrix[:, self.encoder_.numeric_.index("days_since_last_purchase")])
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         return contributions(self.mean_, matrix)
@@ -251,6 +264,26 @@ class ClvModel:
         """The encoded features (for names and values) and their SHAP contributions."""
         matrix = self.encoder_.matrix(features)
         return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
+
+
+def upper_shift(y: np.ndarray, low: np.ndarray, mean: np.ndarray, upper: np.ndarray, coverage: float) -> float:
+    """The shift of the upper bound that makes ``[low, max(upper + shift, mean)]`` hold
+    ``coverage`` of ``y``, with split-conformal's finite-sample guarantee (Romano et al., 2019).
+
+    The score is one-sided: a customer below ``low`` is never covered, one at or below the mean
+    always is, the rest need ``shift >= y - upper``. The usual two-sided score cannot shrink an
+    interval when most outcomes are exactly zero (every zero spender scores ~0), so intervals
+    of P10 and P90 boosters covered 87.5% of buyers instead of 80% (100k backtest).
+    """
+    if len(y) == 0:
+        return 0.0
+    scores = np.where(y < low, np.inf, np.where(y <= mean, -np.inf, y - upper))
+    level = min(1.0, np.ceil((len(scores) + 1) * coverage) / len(scores))
+    shift = float(np.quantile(scores, level, method="higher"))
+    if shift == np.inf:  # too many fall below the lower bound: cover everyone above it
+        finite = scores[np.isfinite(scores)]
+        shift = float(finite.max()) if len(finite) else 0.0
+    return shift
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Optuna is seeded (a rerun gives the same parameters); SHAP reasons add up to the prediction."""
+"""Optuna is seeded (a rerun gives the same parameters); SHAP reasons add up to the prediction;
+trees stay shallow; the CLV interval is conformalized to its coverage."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pandas as pd
 
 from training.boosting import MAX_DEPTH, contributions, fit_booster, predict
 from training.explain import top_reasons
+from training.models import upper_shift
 from training.tuning import tune
 
 
@@ -63,3 +65,26 @@ def test_top_reasons_are_the_largest_contributions_and_add_up() -> None:
         assert reason[0]["value"] == x.iloc[row][reason[0]["feature"]]
     flipped = top_reasons(x.head(1), values[:1], k=1, sign=-1.0)
     assert flipped[0][0]["contribution"] == -reasons[0][0]["contribution"]
+
+
+def test_the_upper_shift_gives_the_coverage_even_when_most_outcomes_are_zero() -> None:
+    """Spend is zero for 60% of customers: bounds from over-wide quantiles are shrunk to cover
+    80% of a new sample from the same distribution (and widened when too narrow)."""
+    rng = np.random.default_rng(3)
+
+    def sample(n: int) -> tuple[np.ndarray, ...]:
+        rate = rng.gamma(2.0, 50.0, n)
+        y = np.where(rng.random(n) < 0.6, 0.0, rng.exponential(rate))
+        mean = 0.4 * rate
+        return y, np.zeros(n), mean, 2.5 * rate
+
+    def coverage(y, low, mean, upper, shift: float) -> float:
+        return float(np.mean((y >= low) & (y <= np.maximum(upper + shift, mean))))
+
+    y, low, mean, upper = sample(20_000)
+    y_new, low_new, mean_new, upper_new = sample(20_000)
+    for scale, unshifted in ((1.0, "over"), (0.1, "under")):
+        before = coverage(y_new, low_new, mean_new, scale * upper_new, 0.0)
+        assert before > 0.85 if unshifted == "over" else before < 0.78, (scale, before)
+        shift = upper_shift(y, low, mean, scale * upper, 0.8)
+        assert abs(coverage(y_new, low_new, mean_new, scale * upper_new, shift) - 0.8) < 0.015, scale
