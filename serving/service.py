@@ -28,6 +28,12 @@ from training.features.snapshots import data_end
 from training.models import LookalikeModel
 
 
+def _frame(values: dict[str, list]) -> pd.DataFrame:
+    """Objects as read (no dtype inference: 0.4 ms instead of 1.3 ms per call); the encoder
+    turns them into the models' floats exactly as it does Feast's offline frames."""
+    return pd.DataFrame(values, dtype=object)
+
+
 def _now(as_of: datetime | None) -> datetime:
     if as_of is None:
         return datetime.now(UTC)
@@ -66,11 +72,11 @@ class CustomerIndicators:
             self.champions.calibrate_tiers(self._latest_features())
 
     def _online(self, customer_ids: list[str], as_of: datetime) -> pd.DataFrame:
+        return _frame(self._read(customer_ids, as_of))
+
+    def _read(self, customer_ids: list[str], as_of: datetime) -> dict[str, list]:
         try:
-            values = self.reader.read(customer_ids, as_of)
-            # Objects as read (no dtype inference: 0.4 ms instead of 1.3 ms per call); the encoder
-            # turns them into the models' floats exactly as it does Feast's offline frames.
-            return pd.DataFrame(values, dtype=object)
+            return self.reader.read(customer_ids, as_of)
         except Exception as error:  # the store is a backend: its failure is not the client's fault
             raise ServiceUnavailable(f"online feature store unavailable: {error}") from error
 
@@ -78,15 +84,18 @@ class CustomerIndicators:
     def profile(self, customer_ids: list[str], as_of: datetime | None = None, reasons: int = 3) -> dict[str, Any]:
         """Every indicator, segments, top reasons, model versions and feature time per customer."""
         moment = _now(as_of)
-        features = self._online(list(dict.fromkeys(customer_ids)), moment)
-        known = features["signup_at"].notna()
-        consent = features["profiling_consent"].map(lambda value: value is not None and not pd.isna(value) and bool(value))
-        scored = features[known & consent].reset_index(drop=True)
-        profiles = self.champions.score(scored, moment, reasons=reasons) if len(scored) else []
+        values = self._read(list(dict.fromkeys(customer_ids)), moment)
+        # Sorted on the lists as read: with pandas this took a millisecond of a one-customer call.
+        ids = values["customer_id"]
+        found = [signup is not None for signup in values["signup_at"]]
+        consent = [value is not None and not pd.isna(value) and bool(value) for value in values["profiling_consent"]]
+        keep = [i for i, (f, c) in enumerate(zip(found, consent, strict=True)) if f and c]
+        scored = values if len(keep) == len(ids) else {name: [column[i] for i in keep] for name, column in values.items()}
+        profiles = self.champions.score(_frame(scored), moment, reasons=reasons) if keep else []
         return {
             "profiles": profiles,
-            "not_found": features.loc[~known, "customer_id"].tolist(),
-            "not_scored_without_consent": features.loc[known & ~consent, "customer_id"].tolist(),
+            "not_found": [cid for cid, f in zip(ids, found, strict=True) if not f],
+            "not_scored_without_consent": [cid for cid, f, c in zip(ids, found, consent, strict=True) if f and not c],
         }
 
     @bentoml.api(route="/score", input_spec=ScoreRequest)
