@@ -97,19 +97,13 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
             f"WHERE entity_key IN ({','.join('?' * len(keys))})",
             keys,
         ).fetchall()
-        found: dict[bytes, tuple[dict[str, ValueProto], int]] = {}
+        values: dict[bytes, dict[str, ValueProto]] = {}
+        epochs: dict[bytes, int] = {}  # the last row's, as Feast keeps it
         for key, name, blob, epoch in rows:
-            value = ValueProto()
-            value.ParseFromString(blob)
-            values = found.setdefault(key, ({}, epoch))[0]
-            values[name] = value
-            found[key] = (values, epoch)
-        result: list[tuple[datetime | None, dict[str, ValueProto] | None]] = []
-        for key in keys:
-            if key in found:
-                values, epoch = found[key]
-                # as Feast's converter reads it (naive local time), then marked UTC
-                result.append((datetime.fromtimestamp(epoch).replace(tzinfo=UTC), values))
-            else:
-                result.append((None, None))
-        return result
+            values.setdefault(key, {})[name] = ValueProto.FromString(blob)
+            epochs[key] = epoch
+        # The timestamp as Feast's converter reads it (naive local time), then marked UTC.
+        return [
+            (datetime.fromtimestamp(epochs[key]).replace(tzinfo=UTC), values[key]) if key in values else (None, None)
+            for key in keys
+        ]

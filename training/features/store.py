@@ -157,10 +157,10 @@ class ServiceReads:
                 continue
             if view.mode != "python":
                 raise ValueError(f"on-demand view '{view.name}' is in {view.mode} mode; the readers run python mode")
-            inputs = [f.name for source in view.source_feature_view_projections.values() for f in source.features]
-            stored += [f"{source.name_to_use()}:{f.name}" for source in view.source_feature_view_projections.values() for f in source.features]
+            sources = [(source.name_to_use(), f.name) for source in view.source_feature_view_projections.values() for f in source.features]
+            stored += [f"{source}:{name}" for source, name in sources]
             requests = [f.name for source in view.source_request_sources.values() for f in source.schema]
-            on_demand.append((view.feature_transformation.udf, tuple([*inputs, *requests]), tuple(names)))
+            on_demand.append((view.feature_transformation.udf, tuple([*(name for _, name in sources), *requests]), tuple(names)))
         return cls(tuple(dict.fromkeys(stored)), tuple(on_demand), tuple(columns))
 
     def request_time(self, values: dict[str, list]) -> dict[str, list]:
@@ -202,7 +202,7 @@ def training_frame(
     computed = reads.request_time(table.select(inputs).to_pydict())  # the values Feast would pass
     for name, values in computed.items():
         table = table.append_column(name, pa.array(values, type=pa.float64()))
-    frame = table.to_pandas(types_mapper=None)
+    frame = table.to_pandas()
     frame = frame.sort_values("_row").reset_index(drop=True)
     order = ["customer_id", "event_timestamp", *[c for c in reads.columns if c != "customer_id"]]
     return frame[order].rename(columns={"event_timestamp": "cutoff"})
