@@ -2,6 +2,9 @@
 -- A purchase is a distinct UTC purchase day with positive spend (BTYD convention);
 -- refunds (negative amounts) are netted into revenue and counted in the refund rate.
 -- Timestamps (first/last purchase) are stored so ages are computed exactly at request time.
+-- Every float aggregate takes its inputs in sorted order (ORDER BY inside the aggregate):
+-- DuckDB combines parallel partial sums in varying order, and the last bits then differed
+-- between two builds of the same data. Means of 0/1 values are exact and need no order.
 WITH tx AS (
     SELECT customer_id, "timestamp" AS ts, amount,
            coalesce(discount, 0) AS discount,
@@ -11,7 +14,7 @@ WITH tx AS (
     WHERE "timestamp" <= $cutoff
 ),
 purchase_days AS (
-    SELECT customer_id, day, sum(amount) AS day_amount
+    SELECT customer_id, day, sum(amount ORDER BY amount) AS day_amount
     FROM tx WHERE amount > 0
     GROUP BY customer_id, day
 ),
@@ -21,7 +24,8 @@ gaps AS (
     FROM purchase_days
 ),
 gap_stats AS (
-    SELECT customer_id, avg(gap_days) AS gap_mean_days, stddev_samp(gap_days) AS gap_std_days
+    SELECT customer_id, avg(gap_days ORDER BY gap_days) AS gap_mean_days,
+           stddev_samp(gap_days ORDER BY gap_days) AS gap_std_days
     FROM gaps WHERE gap_days IS NOT NULL
     GROUP BY customer_id
 ),
@@ -39,16 +43,16 @@ tx_stats AS (
     SELECT customer_id,
            min(ts) FILTER (WHERE amount > 0) AS first_purchase_at,
            max(ts) FILTER (WHERE amount > 0) AS last_purchase_at,
-           sum(amount) AS revenue_total,
-           coalesce(sum(amount) FILTER (WHERE ts > $cutoff - INTERVAL 30 DAY), 0) AS revenue_30d,
-           coalesce(sum(amount) FILTER (WHERE ts > $cutoff - INTERVAL 90 DAY), 0) AS revenue_90d,
-           coalesce(sum(amount) FILTER (WHERE ts > $cutoff - INTERVAL 180 DAY), 0) AS revenue_180d,
-           coalesce(sum(amount) FILTER (WHERE ts > $cutoff - INTERVAL 365 DAY), 0) AS revenue_365d,
-           avg(amount) FILTER (WHERE amount > 0) AS avg_order_value,
+           sum(amount ORDER BY amount) AS revenue_total,
+           coalesce(sum(amount ORDER BY amount) FILTER (WHERE ts > $cutoff - INTERVAL 30 DAY), 0) AS revenue_30d,
+           coalesce(sum(amount ORDER BY amount) FILTER (WHERE ts > $cutoff - INTERVAL 90 DAY), 0) AS revenue_90d,
+           coalesce(sum(amount ORDER BY amount) FILTER (WHERE ts > $cutoff - INTERVAL 180 DAY), 0) AS revenue_180d,
+           coalesce(sum(amount ORDER BY amount) FILTER (WHERE ts > $cutoff - INTERVAL 365 DAY), 0) AS revenue_365d,
+           avg(amount ORDER BY amount) FILTER (WHERE amount > 0) AS avg_order_value,
            max(amount) FILTER (WHERE amount > 0) AS max_order_value,
            count(*) FILTER (WHERE amount > 0) AS orders_total,
            count(*) FILTER (WHERE amount < 0) AS refunds_total,
-           coalesce(-sum(amount) FILTER (WHERE amount < 0), 0) AS refund_amount_total,
+           coalesce(-sum(amount ORDER BY amount) FILTER (WHERE amount < 0), 0) AS refund_amount_total,
            avg((discount > 0)::DOUBLE) FILTER (WHERE amount > 0) AS discount_share,
            avg((category = 'apparel')::DOUBLE) FILTER (WHERE amount > 0) AS share_apparel,
            avg((category = 'home')::DOUBLE) FILTER (WHERE amount > 0) AS share_home,
@@ -66,7 +70,7 @@ universe AS (
     SELECT DISTINCT customer_id FROM tx
 ),
 category_entropy AS (
-    SELECT customer_id, abs(sum(p * ln(p))) AS category_entropy
+    SELECT customer_id, abs(sum(p * ln(p) ORDER BY p)) AS category_entropy
     FROM (
         SELECT customer_id, count(*) / sum(count(*)) OVER (PARTITION BY customer_id) AS p
         FROM tx WHERE amount > 0
