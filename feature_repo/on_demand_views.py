@@ -4,8 +4,6 @@ Offline, ``as_of`` is each entity row's cutoff; online, the caller passes the cu
 Python mode: ~0.5 ms online against ~3 ms for pandas mode (DESIGN.md).
 """
 
-from datetime import UTC
-
 from feast import Field, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, UnixTimestamp
@@ -35,7 +33,7 @@ RECENCY_FEATURES = [
 )
 def customer_recency(inputs: dict) -> dict:
     # Feast ships this function by its source text: it must not use module-level names.
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     def days_between(later, earlier):
         if later is None or earlier is None:

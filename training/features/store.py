@@ -116,11 +116,22 @@ ONLINE_WRITE_ROWS = 100_000
 
 def write_online(store: FeatureStore, view_name: str, frame: pd.DataFrame) -> None:
     """Write ``frame`` to the online store in slices: Feast holds a Python object per value
-    while it writes (60 values a customer: 6 GB at a million customers in one call)."""
+    while it writes (60 values a customer: 6 GB at a million customers in one call).
+
+    The embedded store takes each slice as a frame (``LeanSqliteOnlineStore.write_frame``:
+    the same rows, without Feast's per-value conversion); other stores through Feast.
+    """
+    online = store._get_provider().online_store
+    lean = isinstance(online, online_store.LeanSqliteOnlineStore) and online.covers(store.config)
+    view = store.get_feature_view(view_name) if lean else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for start in range(0, len(frame), ONLINE_WRITE_ROWS):
-            store.write_to_online_store(view_name, frame.iloc[start : start + ONLINE_WRITE_ROWS])
+            chunk = frame.iloc[start : start + ONLINE_WRITE_ROWS]
+            if lean:
+                online.write_frame(store.config, view, chunk)
+            else:
+                store.write_to_online_store(view_name, chunk)
 
 
 def service(store: FeatureStore, name: str = DEFAULT_SERVICE) -> FeatureService:
@@ -199,13 +210,26 @@ def training_frame(
         warnings.simplefilter("ignore")
         table = store.get_historical_features(entity_df=entity_df, features=list(reads.stored)).to_arrow()
     inputs = sorted({name for _, names, _ in reads.on_demand for name in names})
-    computed = reads.request_time(table.select(inputs).to_pydict())  # the values Feast would pass
+    computed = reads.request_time(python_columns(table.select(inputs)))
     for name, values in computed.items():
         table = table.append_column(name, pa.array(values, type=pa.float64()))
     frame = table.to_pandas()
     frame = frame.sort_values("_row").reset_index(drop=True)
     order = ["customer_id", "event_timestamp", *[c for c in reads.columns if c != "customer_id"]]
     return frame[order].rename(columns={"event_timestamp": "cutoff"})
+
+
+def python_columns(table: pa.Table) -> dict[str, list]:
+    """``table.to_pydict()``, with timestamps as naive UTC datetimes, which request-time views
+    read as UTC: built by NumPy instead of one zoned datetime at a time (4.9 of 7.7 s of a
+    200k-row retrieval)."""
+    columns = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_timestamp(column.type):
+            columns[name] = column.to_numpy().astype("datetime64[us]").astype(object).tolist()
+        else:
+            columns[name] = column.to_pylist()
+    return columns
 
 
 def online_features(
