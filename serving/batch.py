@@ -3,7 +3,8 @@
 Features are read as of the end of the data (Feast, point in time), so the endpoint and the
 batch give the same scores for the same customer and feature time. Results go to Parquet and
 to the ``customer_predictions`` feature view, written online, so one profile lookup returns
-features and indicators together. Customers without profiling consent are not scored.
+features and indicators together. Customers without profiling consent are not scored, and
+what an earlier run stored online for them is cleared.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from serving.scoring import Champions, value_tiers, value_tiers_of
@@ -32,7 +34,7 @@ class ScoreSummary:
     seconds: dict[str, float]  # per stage: features, scoring, parquet, online_write
 
 
-def score_all(config: Config, batch_size: int = 100_000) -> ScoreSummary:
+def score_all(config: Config, batch_size: int = 250_000) -> ScoreSummary:
     paths = config.paths
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -70,6 +72,18 @@ def score_all(config: Config, batch_size: int = 100_000) -> ScoreSummary:
     scores.to_parquet(paths.features / "customer_predictions.parquet", index=False)
     seconds["parquet"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    feature_store.write_online(store, "customer_predictions", scores)
+    feature_store.write_online(store, "customer_predictions", with_withdrawn(scores, profile.loc[~consent, "customer_id"], as_of))
     seconds["online_write"] = time.perf_counter() - clock
     return ScoreSummary(len(scores), int((~consent).sum()), target, as_of, seconds)
+
+
+def with_withdrawn(scores: pd.DataFrame, without_consent: pd.Series, scored_at: datetime) -> pd.DataFrame:
+    """``scores`` plus an empty row for every customer without consent, in customer order.
+
+    Written online, the empty rows clear what an earlier run stored for a customer who has
+    since withdrawn consent: a profile lookup then finds no indicators for them.
+    """
+    empty = pd.DataFrame({"customer_id": without_consent.to_numpy(), "scored_at": pd.Timestamp(scored_at)})
+    for column in scores.columns.difference(empty.columns):
+        empty[column] = np.nan if pd.api.types.is_float_dtype(scores[column]) else None
+    return pd.concat([scores, empty[scores.columns]], ignore_index=True).sort_values("customer_id", kind="stable", ignore_index=True)

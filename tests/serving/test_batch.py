@@ -56,3 +56,28 @@ def test_the_same_features_give_the_same_scores_with_reasons(trained) -> None:
         assert len(record["reasons"]["p_churn"]) == 3
         assert set(record["model_versions"]) == {"purchase_timing", "expected_purchases", "clv",
                                                  "lookalike_top_value", "lookalike_sustainable"}
+
+
+def test_withdrawn_consent_clears_the_stored_indicators(trained) -> None:
+    """A customer scored by one run who then withdraws consent has no indicators online after
+    the next run (not the old ones)."""
+    config, _ = trained
+    profile_file = config.paths.features / "customer_profile.parquet"
+    original = pd.read_parquet(profile_file)
+    score_all(config)
+    store = feature_store.feature_store(config)
+    withdrawing = original.loc[original["profiling_consent"].fillna(False).astype(bool), "customer_id"].iloc[3]
+
+    def stored() -> dict:
+        return store.get_online_features(
+            features=["customer_predictions:p_churn", "customer_predictions:value_tier"], entity_rows=[{"customer_id": withdrawing}]
+        ).to_dict()
+
+    assert stored()["p_churn"][0] is not None
+    try:
+        original.assign(profiling_consent=original["profiling_consent"].mask(original["customer_id"] == withdrawing, False)).to_parquet(profile_file)
+        summary = score_all(config)
+    finally:
+        original.to_parquet(profile_file)
+    assert withdrawing not in set(pd.read_parquet(summary.parquet)["customer_id"])
+    assert stored() == {"customer_id": [withdrawing], "p_churn": [None], "value_tier": [None]}
