@@ -21,10 +21,11 @@ from training.boosting import MAX_DEPTH, fit_booster
 def search_space(trial: optuna.Trial) -> dict[str, Any]:
     """Depth-limited trees: serving computes exact SHAP reasons per request, whose cost grows
     with leaves x depth^2, so the search never trades a sliver of loss for deep chains; and
-    learning rates from 0.03, as every tree is walked on every prediction."""
+    learning rates from 0.06, as every tree is walked on every prediction (from 0.03 the
+    purchase-timing boosters took 430 trees each for the same AUC at 20k)."""
     depth = trial.suggest_int("max_depth", 3, MAX_DEPTH)
     return {
-        "learning_rate": trial.suggest_float("learning_rate", 0.03, 0.25, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 0.06, 0.3, log=True),
         "max_depth": depth,
         "num_leaves": min(trial.suggest_int("num_leaves", 8, 64, log=True), 2**depth),
         "min_data_in_leaf": trial.suggest_int("min_data_in_leaf", 20, 400, log=True),
