@@ -128,7 +128,6 @@ def batch(config: Config) -> dict:
         "customers_scored": summary.scored,
         "skipped_without_consent": summary.skipped_without_consent,
         "seconds": {k: round(v, 3) for k, v in summary.seconds.items()},
-        "online_writer_busy_seconds": round(summary.online_write_busy, 3),  # overlaps "scoring"
         "total_seconds": round(sum(summary.seconds.values()), 3),
     }
 

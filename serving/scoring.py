@@ -73,12 +73,9 @@ class Champions:
             provenance[name] = champion_provenance(client, version.run_id)
         return cls(models=models, versions=versions, provenance=provenance)
 
-    def calibrate_tiers(self, *features: pd.DataFrame) -> None:
-        """Value tiers from the spread of expected revenue over the scored population (the
-        frames of ``features`` together)."""
-        clv = self.models["clv"]
-        revenue = [clv.indicators(clv.encoder_.matrix(frame))["expected_revenue"] for frame in features]
-        self.value_tiers = value_tiers_of(np.concatenate(revenue))
+    def calibrate_tiers(self, features: pd.DataFrame) -> None:
+        """Value tiers from the spread of expected revenue over the scored population."""
+        self.value_tiers = value_tiers_of(self.models["clv"].predict(features)["expected_revenue"].to_numpy())
 
     def table(self, features: pd.DataFrame) -> pd.DataFrame:
         """``customer_id``, every indicator and the segments, one row per row of ``features``.

@@ -320,8 +320,7 @@ def score(
         f"{summary.scored:,} customers scored as of {summary.scored_at:%Y-%m-%d} "
         f"({summary.skipped_without_consent:,} without profiling consent, not scored) "
         f"in {time.perf_counter() - began:.1f}s -> {summary.parquet} and the online store "
-        f"(stages: {', '.join(f'{k} {v:.1f}s' for k, v in summary.seconds.items())}; "
-        f"the online writer worked {summary.online_write_busy:.1f}s, mostly under the scoring)"
+        f"(stages: {', '.join(f'{k} {v:.1f}s' for k, v in summary.seconds.items())})"
     )
 
 

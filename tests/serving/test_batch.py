@@ -14,13 +14,13 @@ from training.features import store as feature_store
 
 
 def test_batch_scores_every_consenting_customer_and_writes_them_online(trained) -> None:
-    """In slices (scored while the previous one is written): the tiers still rank everyone."""
+    """In slices: the tiers still rank everyone."""
     config, _ = trained
     summary = score_all(config, slice_size=400)
     scores = pd.read_parquet(summary.parquet)
     revenue = scores["expected_revenue"].to_numpy()
     assert (scores["value_tier"] == value_tiers(revenue, value_tiers_of(revenue))).all()
-    assert summary.online_write_busy > 0 and set(summary.seconds) >= {"features", "scoring", "online_write"}
+    assert set(summary.seconds) >= {"features", "scoring", "online_write"}
     profile = pd.read_parquet(config.paths.features / "customer_profile.parquet")
     consenting = set(profile.loc[profile["profiling_consent"].fillna(False).astype(bool), "customer_id"])
     assert set(scores["customer_id"]) == consenting and scores["customer_id"].is_unique
