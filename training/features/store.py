@@ -220,13 +220,14 @@ def training_frame(
 
 
 def python_columns(table: pa.Table) -> dict[str, list]:
-    """``table.to_pydict()``, with timestamps as naive UTC datetimes, which request-time views
-    read as UTC: built by NumPy instead of one zoned datetime at a time (4.9 of 7.7 s of a
-    200k-row retrieval)."""
+    """``table.to_pydict()`` built faster: timestamps come from NumPy, marked UTC, instead of
+    pyarrow's zoned conversion one value at a time (4.9 of 7.7 s of a 200k-row retrieval;
+    4x faster here). The values are what Feast passes a request-time view: aware datetimes."""
     columns = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
         if pa.types.is_timestamp(column.type):
-            columns[name] = column.to_numpy().astype("datetime64[us]").astype(object).tolist()
+            naive = column.to_numpy().astype("datetime64[us]").astype(object).tolist()
+            columns[name] = [None if value is None else value.replace(tzinfo=UTC) for value in naive]
         else:
             columns[name] = column.to_pylist()
     return columns
