@@ -37,6 +37,10 @@ class ScoreSummary:
 PREDICTIONS_VIEW = "customer_predictions"
 
 
+class NothingToScore(RuntimeError):
+    """No customer has profiling consent (what earlier runs stored is then left as it was)."""
+
+
 def score_all(config: Config, slice_size: int = 250_000) -> ScoreSummary:
     """Score every consenting customer; write Parquet, then the online store.
 
@@ -56,7 +60,7 @@ def score_all(config: Config, slice_size: int = 250_000) -> ScoreSummary:
     consent = profile["profiling_consent"].fillna(False).astype(bool)
     ids = profile.loc[consent, "customer_id"].sort_values().to_numpy()
     if not len(ids):
-        raise ValueError(f"no customer in {paths.features / 'customer_profile.parquet'} has profiling consent: nothing to score")
+        raise NothingToScore(f"no customer in {paths.features / 'customer_profile.parquet'} has profiling consent: nothing to score")
     seconds["load"] = time.perf_counter() - clock
     tables = []
     seconds["features"] = seconds["scoring"] = 0.0
@@ -81,7 +85,12 @@ def score_all(config: Config, slice_size: int = 250_000) -> ScoreSummary:
     scores.to_parquet(paths.features / f"{PREDICTIONS_VIEW}.parquet", index=False)
     seconds["parquet"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    feature_store.write_online(store, PREDICTIONS_VIEW, with_cleared(scores, profile.loc[~consent, "customer_id"], as_of))
+    # Online rows carry the time of this run, so stores that keep a row only when it is newer
+    # (Feast's Redis store skips an equal timestamp) take every run: a re-score of the same
+    # data by a new champion, and the cleared rows, included.
+    written_at = max(pd.Timestamp(as_of), pd.Timestamp.now(tz="UTC"))
+    online_rows = with_cleared(scores.assign(scored_at=written_at), profile.loc[~consent, "customer_id"], written_at)
+    feature_store.write_online(store, PREDICTIONS_VIEW, online_rows)
     seconds["online_write"] = time.perf_counter() - clock
     return ScoreSummary(len(scores), int((~consent).sum()), target, as_of, seconds)
 
@@ -101,7 +110,7 @@ def with_cleared(rows: pd.DataFrame, without_consent: pd.Series, scored_at: date
     since withdrawn consent: a profile lookup then finds no indicators for them. (They go with
     scored rows: Feast's own writer skips a frame whose features are all empty.)
     """
-    empty = pd.DataFrame({"customer_id": without_consent.to_numpy(), "scored_at": pd.Timestamp(scored_at)})
+    empty = pd.DataFrame({"customer_id": without_consent.astype(str).to_numpy(), "scored_at": pd.Timestamp(scored_at)})
     for column in rows.columns.difference(empty.columns):
         empty[column] = np.nan if pd.api.types.is_float_dtype(rows[column]) else None
     return pd.concat([rows, empty[rows.columns]], ignore_index=True).sort_values("customer_id", kind="stable", ignore_index=True)

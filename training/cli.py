@@ -308,13 +308,13 @@ def score(
     mlflow_dir: Annotated[Path, typer.Option(help="Local MLflow store (mlflow.db and artifacts/).")] = PROJECT_ROOT / "mlflow",
 ) -> None:
     """Score every consenting customer with the champions; write Parquet and the online store."""
-    from serving.batch import score_all
+    from serving.batch import NothingToScore, score_all
     from serving.scoring import ChampionMissing
 
     began = time.perf_counter()
     try:
         summary = score_all(Config(data_dir=data_dir, mlflow_dir=mlflow_dir))
-    except (ChampionMissing, FileNotFoundError, ValueError) as error:
+    except (ChampionMissing, FileNotFoundError, NothingToScore) as error:
         _fail(str(error))
     console.print(
         f"{summary.scored:,} customers scored as of {summary.scored_at:%Y-%m-%d} "

@@ -6,6 +6,8 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
 
 from serving.batch import score_all
 from serving.scoring import Champions, value_tiers, value_tiers_of
@@ -77,7 +79,13 @@ def test_withdrawn_consent_clears_the_stored_indicators(trained) -> None:
             features=["customer_predictions:p_churn", "customer_predictions:value_tier"], entity_rows=[{"customer_id": withdrawing}]
         ).to_dict()
 
+    def written_at() -> datetime:
+        view = store.get_feature_view("customer_predictions")
+        key = EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val=withdrawing)])
+        return store._get_provider().online_store.online_read(store.config, view, [key])[0][0]
+
     assert stored()["p_churn"][0] is not None
+    first_write = written_at()
     try:
         original.assign(profiling_consent=original["profiling_consent"].mask(original["customer_id"] == withdrawing, False)).to_parquet(profile_file)
         summary = score_all(config)
@@ -85,3 +93,5 @@ def test_withdrawn_consent_clears_the_stored_indicators(trained) -> None:
         original.to_parquet(profile_file)
     assert withdrawing not in set(pd.read_parquet(summary.parquet)["customer_id"])
     assert stored() == {"customer_id": [withdrawing], "p_churn": [None], "value_tier": [None]}
+    # Each run's rows are newer than the last (Redis keeps a row only when it is newer).
+    assert written_at() > first_write

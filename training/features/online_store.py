@@ -60,7 +60,11 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
 
     def write_frame(self, config: RepoConfig, table: FeatureView, frame: pd.DataFrame) -> None:
         """Write a batch view's rows (join keys, features, timestamps) as ``write_to_online_store``
-        would, to the same rows and bytes (tested), without a protobuf object per value."""
+        would, to the same rows and bytes (tested), without a protobuf object per value.
+
+        Unlike Feast's route it leaves ``value_text`` empty (as this store's batch write does;
+        only text search reads it) and also writes a frame whose features are all empty.
+        """
         if not self.covers(config):
             raise ValueError(f"write_frame does not cover this online store configuration: {config.online_store}")
         frame = frame.rename(columns=table.batch_source.field_mapping or {})
@@ -167,9 +171,11 @@ def _proto_values(column: pa.Array, kind: ValueType) -> list[ValueProto]:
 def _serialized(column: pa.Array, kind: ValueType) -> list[bytes]:
     """Each value's stored bytes: Feast's ValueProto, serialized; missing values are empty."""
     values = column.to_numpy(zero_copy_only=False)
-    if kind == ValueType.DOUBLE and values.dtype.kind == "f":
+    if kind == ValueType.DOUBLE and values.dtype == np.float64:
         # Feast's rule for doubles: NaN is an empty Value, anything else its double_val.
         return [ValueProto(double_val=v).SerializeToString() if v == v else b"" for v in values.tolist()]
+    if values.dtype.kind == "f":  # other floats: no de-duplication (it would merge 0.0 and -0.0)
+        return [proto.SerializeToString() for proto in python_values_to_proto_values(values, kind)]
     codes, distinct = pd.factorize(values)  # missing values get code -1
     converted = python_values_to_proto_values(np.asarray(distinct, dtype=values.dtype), kind)
     missing = np.flatnonzero(codes < 0)
