@@ -55,6 +55,8 @@ class CustomerIndicators:
         self.champions = Champions.load(self.config)  # raises ChampionMissing with the fix in its message
         self.store = feature_store.feature_store(self.config)
         self.reader = feature_store.OnlineReader.of(self.store)
+        # One read at start: a store without the views' tables fails here, with what to run.
+        self.reader.read(["startup-probe"], datetime.now(UTC))
         self._population: pd.DataFrame | None = None
         self._set_value_tiers()
         # What was loaded lives as long as the service: out of the collector's sight, a full

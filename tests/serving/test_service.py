@@ -118,3 +118,22 @@ def test_start_fails_fast_without_an_online_store(tmp_path, monkeypatch: pytest.
     monkeypatch.setenv("INDICATORS_DATA_DIR", str(tmp_path / "nothing"))
     with pytest.raises(RuntimeError, match="no online store"):
         CustomerIndicators.inner()
+
+
+def test_start_fails_fast_when_the_online_store_holds_no_features(trained, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store file without the views' tables (never written, or a copy made by hand) stops the
+    start with what to run, not a 503 on every request."""
+    import shutil
+
+    from serving.service import CustomerIndicators
+    from training.features.online_store import StoreNotWritten
+
+    config, _ = trained
+    feast_dir = tmp_path / "data" / "feast"
+    feast_dir.mkdir(parents=True)
+    shutil.copy(config.paths.feast / "registry.db", feast_dir / "registry.db")
+    (feast_dir / "online_store.db").touch()
+    monkeypatch.setenv("INDICATORS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("INDICATORS_MLFLOW_DIR", str(config.mlflow_dir))
+    with pytest.raises(StoreNotWritten, match="make train"):
+        CustomerIndicators.inner()
