@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass
+import socket
+import uuid
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 
@@ -14,6 +17,8 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 os.environ.setdefault("FEAST_USAGE", "False")
 
 SMALL_CUSTOMERS = 2_000
+POSTGRES_URL = os.environ.get("INDICATORS_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("INDICATORS_TEST_REDIS", "127.0.0.1:6379")
 
 
 @dataclass(frozen=True)
@@ -76,3 +81,44 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Order: fast unit tests first, heavy fixture users later (fails surface sooner)."""
     items.sort(key=lambda item: "feature_world" in getattr(item, "fixturenames", ()))
+
+
+def _reachable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture()
+def production_profile():
+    """``with production_profile(config) as (production_config, store)``: see ``_on_production_profile``."""
+    return _on_production_profile
+
+
+@contextlib.contextmanager
+def _on_production_profile(config):
+    """``config`` on the production profile: Redis online store, SQL registry in PostgreSQL,
+    under a project of its own that is torn down afterwards. Skips where the local services
+    are not reachable, except under CI, where their absence is a failure."""
+    from feast.errors import ProjectObjectNotFoundException
+
+    from training.config import FeastSettings
+    from training.features import store as feature_store
+
+    missing = [name for name, port in (("PostgreSQL", 5432), ("Redis", 6379)) if not _reachable(port)]
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{', '.join(missing)} not reachable on 127.0.0.1 under CI")
+        pytest.skip(f"{', '.join(missing)} not reachable on 127.0.0.1")
+    project = f"indicators_test_{uuid.uuid4().hex[:8]}"
+    settings = FeastSettings(project=project, online_store="redis", redis_connection=REDIS, registry="sql", registry_path=POSTGRES_URL)
+    production = replace(config, feast=settings)
+    store = feature_store.feature_store(production)
+    try:
+        yield production, store
+    finally:
+        store.teardown()  # drops this project's keys in Redis and its objects in the registry
+        with contextlib.suppress(ProjectObjectNotFoundException):
+            store.registry.delete_project(project, commit=True)

@@ -7,49 +7,17 @@ where their absence is a failure.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
-import uuid
-from dataclasses import replace
-
 import numpy as np
 import pandas as pd
 import pytest
-from feast.errors import ProjectObjectNotFoundException
 
-from training.config import FeastSettings
 from training.features import store as feature_store
-
-POSTGRES_URL = os.environ.get("INDICATORS_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS = os.environ.get("INDICATORS_TEST_REDIS", "127.0.0.1:6379")
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture()
-def production_store(feature_world):
-    missing = [name for name, port in (("PostgreSQL", 5432), ("Redis", 6379)) if not _reachable("127.0.0.1", port)]
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{', '.join(missing)} not reachable on 127.0.0.1 under CI")
-        pytest.skip(f"{', '.join(missing)} not reachable on 127.0.0.1")
-    project = f"indicators_test_{uuid.uuid4().hex[:8]}"
-    settings = FeastSettings(
-        project=project, online_store="redis", redis_connection=REDIS, registry="sql", registry_path=POSTGRES_URL
-    )
-    config = replace(feature_world.config, feast=settings)
-    store = feature_store.feature_store(config)
-    yield config, store
-    store.teardown()  # drops this project's keys in Redis and its objects in the registry
-    with contextlib.suppress(ProjectObjectNotFoundException):
-        store.registry.delete_project(project, commit=True)
+def production_store(feature_world, production_profile):
+    with production_profile(feature_world.config) as (config, store):
+        yield config, store
 
 
 @pytest.mark.services

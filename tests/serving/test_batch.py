@@ -6,6 +6,7 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
+import pytest
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
@@ -95,3 +96,33 @@ def test_withdrawn_consent_clears_the_stored_indicators(trained) -> None:
     assert stored() == {"customer_id": [withdrawing], "p_churn": [None], "value_tier": [None]}
     # Each run's rows are newer than the last (Redis keeps a row only when it is newer).
     assert written_at() > first_write
+
+
+@pytest.mark.services
+def test_the_batch_writes_and_clears_indicators_in_redis(trained, production_profile) -> None:
+    """The production profile for real: the scores land in Redis, and a re-run after a customer
+    withdraws consent clears theirs there (Redis keeps a row only when it is newer, so each
+    run's rows must carry a later time)."""
+    config, _ = trained
+    profile_file = config.paths.features / "customer_profile.parquet"
+    original = pd.read_parquet(profile_file)
+    consenting = original.loc[original["profiling_consent"].fillna(False).astype(bool), "customer_id"]
+    withdrawing, staying = consenting.iloc[5], consenting.iloc[6]
+    with production_profile(config) as (production, store):
+
+        def stored(customer_id: str) -> dict:
+            return store.get_online_features(
+                features=["customer_predictions:p_churn", "customer_predictions:value_tier"], entity_rows=[{"customer_id": customer_id}]
+            ).to_dict()
+
+        first = pd.read_parquet(score_all(production).parquet).set_index("customer_id")
+        for customer in (withdrawing, staying):
+            assert stored(customer)["p_churn"] == [first.loc[customer, "p_churn"]]
+            assert stored(customer)["value_tier"] == [first.loc[customer, "value_tier"]]
+        try:
+            original.assign(profiling_consent=original["profiling_consent"].mask(original["customer_id"] == withdrawing, False)).to_parquet(profile_file)
+            score_all(production)
+        finally:
+            original.to_parquet(profile_file)
+        assert stored(withdrawing) == {"customer_id": [withdrawing], "p_churn": [None], "value_tier": [None]}
+        assert stored(staying)["p_churn"] == [first.loc[staying, "p_churn"]]
