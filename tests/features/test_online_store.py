@@ -26,7 +26,7 @@ def _config(store, path) -> object:
     return config
 
 
-def _tables(path) -> list[str]:
+def _table_names(path) -> list[str]:
     with sqlite3.connect(path) as conn:
         return sorted(name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
 
@@ -36,28 +36,36 @@ def test_the_store_is_feasts_configured_online_store(feature_world) -> None:
 
 
 def test_batch_writes_read_as_feasts_do(feature_world, tmp_path) -> None:
-    """Feast's ``online_write_batch``, then a second write of one feature of one customer: both
-    stores read back the same values and times; the unwritten features are kept."""
+    """Feast's ``online_write_batch``, then later writes of some features (the same customer
+    twice in one batch, and an empty write): both stores read back the same values and times;
+    unwritten features keep their values."""
     store = feature_world.store
     view = store.get_feature_view("customer_profile")
-    ts = pd.Timestamp("2026-01-02T03:04:05Z").to_pydatetime()
-    data = [
-        (key, {"age_band": Value(string_val=band), "email_opt_in": Value(bool_val=True), "region": Value()}, ts, None)
-        for key, band in zip(_keys(["C1", "C2", "C3"]), ["18-24", "25-34", "35-44"], strict=True)
+    day = [pd.Timestamp(f"2026-01-0{d}T03:04:05Z").to_pydatetime() for d in (1, 2, 3, 4)]
+    c1, c2, c3, c4 = _keys(["C1", "C2", "C3", "C4"])
+    writes = [
+        [
+            (key, {"age_band": Value(string_val=band), "email_opt_in": Value(bool_val=True), "region": Value()}, day[0], None)
+            for key, band in ((c1, "18-24"), (c2, "25-34"), (c3, "35-44"))
+        ],
+        [(c1, {"age_band": Value(string_val="65+")}, day[1], None), (c4, {}, day[1], None)],
+        [(c2, {"region": Value(string_val="north")}, day[2], day[2]), (c2, {"email_opt_in": Value(bool_val=False)}, day[3], None)],
     ]
-    rewritten = [(data[0][0], {"age_band": Value(string_val="65+")}, ts, None)]
     reads = {}
     for name, online_store in (("lean", LeanSqliteOnlineStore()), ("feast", SqliteOnlineStore())):
         config = _config(store, tmp_path / f"{name}.db")
         online_store.update(config, [], [view], [], [], partial=False)
-        online_store.online_write_batch(config, view, data, progress=None)
-        online_store.online_write_batch(config, view, rewritten, progress=None)
-        reads[name] = online_store.online_read(config, view, _keys(["C1", "C2", "C3", "C4"]))
+        for data in writes:
+            online_store.online_write_batch(config, view, data, progress=None)
+            reads.setdefault(name, []).append(online_store.online_read(config, view, [c1, c2, c3, c4]))
         online_store.teardown(config, [view], [])
     assert reads["lean"] == reads["feast"]
-    first = reads["lean"][0][1]
-    assert first["age_band"].string_val == "65+" and first["email_opt_in"].bool_val is True
-    assert reads["lean"][3] == (None, None)
+    last = reads["lean"][-1]
+    assert last[0][1]["age_band"].string_val == "65+" and last[0][1]["email_opt_in"].bool_val is True
+    assert last[0][0] == day[0]  # Feast's time: its last-created row's (region), not rewritten
+    assert last[1][1]["region"].string_val == "north" and last[1][1]["email_opt_in"].bool_val is False
+    assert last[1][0] == day[2]
+    assert last[3] == (None, None)
 
 
 def _with_gaps(frame: pd.DataFrame, keep: tuple[str, ...]) -> pd.DataFrame:
@@ -77,7 +85,9 @@ def _view_frame(feature_world, view) -> pd.DataFrame:
     rng = np.random.default_rng(3)
     for field in view.features:
         if field.dtype.to_value_type().name == "DOUBLE":
-            frame[field.name] = rng.random(len(frame)) * rng.choice([0.0, -1.0, 1e6], len(frame))  # zeros, -0.0 too
+            values = rng.random(len(frame)) * rng.choice([-1.0, 1e6], len(frame))
+            values[[0, 5, 11, 17]] = [0.0, -0.0, np.inf, -np.inf]
+            frame[field.name] = values
         else:
             frame[field.name] = rng.choice(["low", "mid", "top" * 50], len(frame))  # one longer than 127 bytes
     frame["scored_at"] = pd.Timestamp("2026-10-31", tz="UTC")
@@ -113,8 +123,8 @@ def test_frame_writes_read_as_feasts_writes(feature_world, tmp_path, view_name: 
 
 
 def test_a_store_in_feasts_layout_is_converted_on_apply(feature_world, tmp_path) -> None:
-    """A store written by Feast's own SQLite store reads the same after this store's ``update``,
-    and Feast's table is gone."""
+    """A store written by Feast's own SQLite store, a later write of some features included,
+    reads the same after this store's ``update``, and Feast's table is gone."""
     store = feature_world.store
     view = store.get_feature_view("customer_behaviour")
     frame = _with_gaps(_view_frame(feature_world, view), keep=("customer_id", view.batch_source.timestamp_field))
@@ -123,11 +133,16 @@ def test_a_store_in_feasts_layout_is_converted_on_apply(feature_world, tmp_path)
     feasts = SqliteOnlineStore()
     feasts.update(config, [], [view], [], [], partial=False)
     feasts.online_write_batch(config, view, PassthroughProvider._prep_rows_to_write_for_ingestion(view, frame), None)
+    later = pd.Timestamp("2030-01-01", tz="UTC").to_pydatetime()
+    first_feature, last_feature = view.features[0].name, view.features[-1].name
+    feasts.online_write_batch(config, view, [(keys[0], {first_feature: Value(double_val=1.5)}, later, None),
+                                             (keys[1], {last_feature: Value(double_val=2.5)}, later, None)], None)
     before = feasts.online_read(config, view, keys)
+    assert before[0][0] != before[1][0] == later
     lean = LeanSqliteOnlineStore()
     lean.update(config, [], [view], [], [], partial=False)
     assert lean.online_read(config, view, keys) == before
-    assert all("_rows" in name or "_layouts" in name for name in _tables(tmp_path / "old.db"))
+    assert all(name.endswith(("__rows", "__layouts")) for name in _table_names(tmp_path / "old.db"))
 
 
 def test_reading_a_view_never_written_says_what_to_run(feature_world, tmp_path) -> None:
@@ -135,3 +150,26 @@ def test_reading_a_view_never_written_says_what_to_run(feature_world, tmp_path) 
     view = feature_world.store.get_feature_view("customer_profile")
     with pytest.raises(StoreNotWritten, match="customer_profile.*make train"):
         LeanSqliteOnlineStore().online_read(config, view, _keys(["C1"]))
+
+
+def test_reads_go_on_while_a_write_is_open(feature_world, tmp_path) -> None:
+    """The endpoint reads while a batch writes: another connection holding the write lock
+    (an exclusive transaction) does not block a read (it did in Feast's journal mode)."""
+    store = feature_world.store
+    view = store.get_feature_view("customer_predictions")
+    config = _config(store, tmp_path / "busy.db")
+    writer_store, reader_store = LeanSqliteOnlineStore(), LeanSqliteOnlineStore()
+    writer_store.update(config, [], [view], [], [], partial=False)
+    writer_store.write_frame(config, view, _view_frame(feature_world, view))
+    ids = _view_frame(feature_world, view)["customer_id"].astype(str).tolist()[:3]
+    writer = sqlite3.connect(config.online_store.path, timeout=0.1)
+    try:
+        writer.execute("BEGIN EXCLUSIVE")
+        rows_table = next(name for name in _table_names(config.online_store.path) if name.endswith("__rows"))
+        writer.execute(f'DELETE FROM "{rows_table}"')  # not committed
+        reader_store._get_conn(config).execute("PRAGMA busy_timeout = 100")
+        read = reader_store.online_read(config, view, _keys(ids))
+    finally:
+        writer.rollback()
+        writer.close()
+    assert all(values for _, values in read)

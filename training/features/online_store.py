@@ -3,25 +3,30 @@
 Feast's own SQLite store keeps one row per (customer, feature): 15 rows a customer for the
 prediction view and up to 60 for a feature view, each an entry in three B-trees (the table,
 its primary key and an index on the customer) with the customer's key repeated. Writing a
-million customers' predictions spent 60 s in SQLite's upserts alone (82 s in all, measured).
-Here a customer's values for a view are one row, as Redis keeps them in one hash:
+million customers' predictions spent 60 s in SQLite's upserts alone (82 s in all, measured);
+here it takes about 15 s. A customer's values for a view are one row, as Redis keeps them in
+one hash:
 
-- ``{table}_rows``: ``entity_key`` (Feast's serialized key, the primary key), ``layout``,
+- ``{table}__rows``: ``entity_key`` (Feast's serialized key, the primary key), ``layout``,
   ``feature_values`` (the values as one Feast ``RepeatedValue``: each the ``Value`` protobuf
   Feast's store keeps, missing ones empty), ``event_ts`` and ``created_ts`` (epoch seconds,
   as Feast's store keeps them);
-- ``{table}_layouts``: which feature names the values are, in order (a view's schema can
+- ``{table}__layouts``: which feature names the values are, in order (a view's schema can
   change between writes; each row says which one it was written with).
 
-Reads return what Feast's SQLite store returns for the same writes (tested, for every view):
-a write replaces the customer's row, and a write of some of a view's features keeps the rest,
-as Feast's per-feature upsert does. ``write_frame`` serializes a frame a column at a time, not
-a protobuf object per value. A store written by Feast's layout is converted on the next
-``apply`` (``update``), so an upgrade keeps what was written.
+Reads return what Feast's SQLite store returns after the same writes (tested for every view,
+partial writes and mixed times included), with one difference: a write of all of a view's
+features replaces the customer's row, so features since dropped from the view are gone
+(Feast's store keeps them, though ``get_online_features`` never returns them). A write of
+some features keeps the others, as Feast's per-feature upsert does. ``write_frame``
+serializes a frame a column at a time, not a protobuf object per value.
+
+The database runs in WAL mode, so the endpoint keeps reading while a batch writes. A store in
+Feast's layout is converted on the next ``apply`` (``update``), in one transaction.
 
 Selected in ``store.repo_config`` with the custom-store ``type`` Feast documents.
-Configurations this layout does not cover (vector and text search, the OpenAI-compatible
-numeric column: they query Feast's own tables) go to Feast's own methods and tables.
+Configurations that query Feast's own tables (vector and text search, the OpenAI-compatible
+numeric column) go to Feast's own methods and tables, which this layout leaves empty.
 """
 
 from __future__ import annotations
@@ -53,16 +58,17 @@ from feast.utils import _coerce_datetime, to_naive_utc
 
 STORE_TYPE = "training.features.online_store.LeanSqliteOnlineStore"
 CONVERT_ROWS = 50_000  # customers per write when converting Feast's layout: bounds memory
+READ_KEYS = 10_000  # keys per SELECT: SQLite caps the variables of one statement (32,766 by default)
 _FIELD_TAG = b"\x0a"  # RepeatedValue.val: field 1, length-delimited
 _EMPTY = _FIELD_TAG + b"\x00"  # a missing value: an empty Value
 _DOUBLE_HEAD = _FIELD_TAG + b"\x09\x29"  # 9 bytes: Value.double_val (field 5, fixed64) and 8 more
 
 
 class StoreNotWritten(RuntimeError):
-    """The online store has no table for a feature view: nothing was written to it yet."""
+    """The online store has no table for a feature view: the repo was never applied to it."""
 
 
-def _not_covered(config: RepoConfig) -> bool:
+def _uses_feasts_tables(config: RepoConfig) -> bool:
     settings = config.online_store
     return bool(
         settings.vector_enabled or settings.text_search_enabled or getattr(settings, "enable_openai_compatible_store", False)
@@ -77,7 +83,14 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
     @staticmethod
     def covers(config: RepoConfig) -> bool:
         """True where this store's layout is used (else Feast's own methods and tables are)."""
-        return config.online_store.type == STORE_TYPE and not _not_covered(config)
+        return config.online_store.type == STORE_TYPE and not _uses_feasts_tables(config)
+
+    def _get_conn(self, config: RepoConfig) -> sqlite3.Connection:
+        fresh = self._conn is None
+        conn = super()._get_conn(config)
+        if fresh and self.covers(config):
+            conn.execute("PRAGMA journal_mode = WAL")  # readers go on while a batch writes
+        return conn
 
     def update(
         self,
@@ -88,12 +101,14 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
         entities_to_keep: Sequence[Entity],
         partial: bool,
     ) -> None:
-        """Create the tables of kept views (converting any written in Feast's layout), drop the rest."""
+        """Create the tables of kept views (converting any written in Feast's layout) and drop
+        those of deleted views, in one transaction: readers see the store before or after."""
         if not self.covers(config):
             return super().update(config, tables_to_delete, tables_to_keep, entities_to_delete, entities_to_keep, partial)
         conn = self._get_conn(config)
-        converted = False
+        converted = 0
         with conn:
+            conn.execute("BEGIN")  # else each CREATE TABLE commits on its own
             for view in tables_to_keep:
                 rows, layouts = (_quote_id(name) for name in _tables(config, view))
                 conn.execute(
@@ -101,7 +116,7 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
                     "feature_values BLOB, event_ts INTEGER, created_ts INTEGER)"
                 )
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {layouts} (id INTEGER PRIMARY KEY, names TEXT UNIQUE)")
-                converted |= self._convert_feasts_table(config, conn, view)
+                converted += self._convert_feasts_table(config, conn, view)
             for view in tables_to_delete:
                 for table in (*_tables(config, view), _feasts_table(config, view)):
                     conn.execute(f"DROP TABLE IF EXISTS {_quote_id(table)}")
@@ -118,6 +133,9 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
         """
         if not self.covers(config):
             raise ValueError(f"write_frame does not cover this online store configuration: {config.online_store}")
+        names = tuple(feature.name for feature in table.features)
+        if not names or frame.empty:
+            return
         frame = frame.rename(columns=table.batch_source.field_mapping or {})
         join_keys = {entity.name: entity.dtype.to_value_type() for entity in table.entity_columns}
         keys = list(join_keys)
@@ -131,9 +149,8 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
             serialize_entity_key(EntityKeyProto(join_keys=keys, entity_values=list(values)), entity_key_serialization_version=version)
             for values in zip(*key_values.values(), strict=True)
         ]
-        names = tuple(feature.name for feature in table.features)
         columns = [_framed(batch.column(f.name), f.dtype.to_value_type()) for f in table.features]
-        blobs = list(map(b"".join, zip(*columns, strict=True))) if columns else [b""] * len(frame)
+        blobs = list(map(b"".join, zip(*columns, strict=True)))
         source = table.batch_source
         event_ts = _epochs(batch.column(source.timestamp_field))
         created_ts = _epochs(batch.column(source.created_timestamp_column)) if source.created_timestamp_column else [None] * len(frame)
@@ -152,25 +169,33 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
         if not self.covers(config):
             return super().online_write_batch(config, table, data, progress)
         version = config.entity_key_serialization_version
-        keys = [serialize_entity_key(entity_key, entity_key_serialization_version=version) for entity_key, *_ in data]
+        written = [row for row in data if row[1]]  # Feast writes nothing for a customer without values
+        keys = [serialize_entity_key(entity_key, entity_key_serialization_version=version) for entity_key, *_ in written]
         view_names = {feature.name for feature in table.features}
         conn = self._get_conn(config)
         with conn:
             # A customer written with only some of the view's features keeps the others, as in
             # Feast's store, which upserts each (customer, feature) on its own.
-            partial = [key for key, (_, values, _, _) in zip(keys, data, strict=True) if not view_names <= values.keys()]
-            stored = {key: values for key, (_, values) in zip(partial, self._read_rows(config, conn, table, partial), strict=True)}
+            partial = {key for key, (_, values, _, _) in zip(keys, written, strict=True) if not view_names <= values.keys()}
+            stored = self._fetch(config, conn, table, list(partial))
             layouts: dict[tuple[str, ...], int] = {}
             rows = []
-            for key, (_, values, timestamp, created) in zip(keys, data, strict=True):
-                if key in stored:  # a key written twice in one batch builds on the first write
-                    values = stored[key] = {**(stored[key] or {}), **values}
+            for key, (_, values, timestamp, created) in zip(keys, written, strict=True):
+                times = (adapt_datetime_epoch(to_naive_utc(timestamp)), adapt_datetime_epoch(to_naive_utc(created)) if created else None)
+                if key in stored:
+                    kept_times, kept = stored[key]
+                    merged = {**kept, **values}
+                    if list(merged)[-1] not in values:
+                        # Feast reads a customer's time off its last-created feature row (the
+                        # last in this order: new features go last); not rewritten, it keeps its time.
+                        times = kept_times
+                    values = merged
+                if key in partial:
+                    stored[key] = (times, values)  # a key written twice in one batch builds on the first write
                 names = tuple(values)
                 if names not in layouts:
                     layouts[names] = _layout_id(conn, config, table, names)
-                created_ts = adapt_datetime_epoch(to_naive_utc(created)) if created is not None else None
-                blob = RepeatedValue(val=list(values.values())).SerializeToString()
-                rows.append((key, layouts[names], blob, adapt_datetime_epoch(to_naive_utc(timestamp)), created_ts))
+                rows.append((key, layouts[names], RepeatedValue(val=list(values.values())).SerializeToString(), *times))
             _upsert(conn, config, table, rows)
         if progress:
             progress(len(data))
@@ -187,72 +212,83 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
             return super().online_read(config, table, entity_keys, requested_features)
         version = config.entity_key_serialization_version
         keys = [serialize_entity_key(key, entity_key_serialization_version=version) for key in entity_keys]
-        return self._read_rows(config, self._get_conn(config), table, keys)
+        found = self._fetch(config, self._get_conn(config), table, keys)
+        # The time as Feast's converter reads it (naive local time), then marked UTC.
+        return [
+            (datetime.fromtimestamp(found[key][0][0]).replace(tzinfo=UTC), found[key][1]) if key in found else (None, None)
+            for key in keys
+        ]
 
-    def _read_rows(
+    def _fetch(
         self, config: RepoConfig, conn: sqlite3.Connection, table: FeatureView, keys: list[bytes]
-    ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
+    ) -> dict[bytes, tuple[tuple[int, int | None], dict[str, ValueProto]]]:
+        """The stored rows of ``keys``: their times (epoch seconds) and values by feature name.
+
+        One statement joins each row to its layout, so a write committed meanwhile is seen
+        whole or not at all.
+        """
         rows_table, layouts_table = (_quote_id(name) for name in _tables(config, table))
+        names: dict[str, tuple[str, ...]] = {}
+        found: dict[bytes, tuple[tuple[int, int | None], dict[str, ValueProto]]] = {}
         try:
-            names = {layout: tuple(json.loads(text)) for layout, text in conn.execute(f"SELECT id, names FROM {layouts_table}")}
-            found = {
-                key: (layout, blob, epoch)
-                for key, layout, blob, epoch in conn.execute(
-                    f"SELECT entity_key, layout, feature_values, event_ts FROM {rows_table} "
-                    f"WHERE entity_key IN ({','.join('?' * len(keys))})",
-                    keys,
-                )
-            }
+            for start in range(0, len(keys), READ_KEYS):
+                chunk = keys[start : start + READ_KEYS]
+                for key, text, blob, event_ts, created_ts in conn.execute(
+                    f"SELECT r.entity_key, l.names, r.feature_values, r.event_ts, r.created_ts FROM {rows_table} AS r "
+                    f"JOIN {layouts_table} AS l ON l.id = r.layout WHERE r.entity_key IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    if text not in names:
+                        names[text] = tuple(json.loads(text))
+                    found[key] = ((event_ts, created_ts), dict(zip(names[text], RepeatedValue.FromString(blob).val, strict=True)))
         except sqlite3.OperationalError as error:
             if "no such table" not in str(error):
                 raise
             raise StoreNotWritten(
-                f"the online store {self._get_db_path(config)} has no table for feature view '{table.name}': "
-                "write it first (`make train`, or `indicators features`)"
+                f"the online store {self._get_db_path(config)} has no table for feature view '{table.name}': apply the "
+                "feature repo and write it (`make train` or `indicators features`; a store written in Feast's own layout "
+                "is converted by any apply, `indicators score` included)"
             ) from error
-        result: list[tuple[datetime | None, dict[str, ValueProto] | None]] = []
-        for key in keys:
-            if key not in found:
-                result.append((None, None))
-                continue
-            layout, blob, epoch = found[key]
-            # The timestamp as Feast's converter reads it (naive local time), then marked UTC.
-            when = datetime.fromtimestamp(epoch).replace(tzinfo=UTC)
-            result.append((when, dict(zip(names[layout], RepeatedValue.FromString(blob).val, strict=True))))
-        return result
+        return found
 
-    def _convert_feasts_table(self, config: RepoConfig, conn: sqlite3.Connection, view: FeatureView) -> bool:
-        """Move what a store in Feast's layout holds for ``view`` into this layout, then drop
-        Feast's table. False if there was none."""
+    def _convert_feasts_table(self, config: RepoConfig, conn: sqlite3.Connection, view: FeatureView) -> int:
+        """Move what a table in Feast's layout holds for ``view`` into this layout, then drop
+        it; returns the rows moved. Customers already in this layout keep their row (written
+        by this store since, so newer)."""
         legacy = _feasts_table(config, view)
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (legacy,)).fetchall():
-            return False
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({_quote_id(legacy)})")}
+        if not {"entity_key", "feature_name", "value", "event_ts"} <= columns:
+            return 0
+        # Feast reads a customer's rows in this order (its entity-key index) and takes the
+        # time of the last.
         stored = conn.execute(
             "SELECT entity_key, feature_name, value, CAST(event_ts AS INTEGER), CAST(created_ts AS INTEGER) "
-            f"FROM {_quote_id(legacy)} ORDER BY entity_key, feature_name"  # the order Feast reads them in
+            f"FROM {_quote_id(legacy)} ORDER BY entity_key, rowid"
         )
         layouts: dict[tuple[str, ...], int] = {}
-        rows = []
+        rows: list[tuple] = []
+        moved = 0
         for key, group in groupby(stored, key=lambda row: row[0]):
             features = list(group)
             values = {name: blob for _, name, blob, _, _ in features}
             names = tuple(values)
             if names not in layouts:
                 layouts[names] = _layout_id(conn, config, view, names)
-            _, _, _, event_ts, created_ts = features[-1]  # the time Feast reads: its last row's
+            _, _, _, event_ts, created_ts = features[-1]
             rows.append((key, layouts[names], b"".join(map(_frame, values.values())), event_ts, created_ts))
+            moved += len(features)
             if len(rows) == CONVERT_ROWS:
-                _upsert(conn, config, view, rows)
+                _upsert(conn, config, view, rows, replace=False)
                 rows = []
-        _upsert(conn, config, view, rows)
+        _upsert(conn, config, view, rows, replace=False)
         conn.execute(f"DROP TABLE {_quote_id(legacy)}")
-        return True
+        return moved
 
 
 def _tables(config: RepoConfig, view: FeatureView) -> tuple[str, str]:
     """The names of the view's rows and layouts tables."""
     base = _feasts_table(config, view)
-    return f"{base}_rows", f"{base}_layouts"
+    return f"{base}__rows", f"{base}__layouts"
 
 
 def _feasts_table(config: RepoConfig, view: FeatureView) -> str:
@@ -267,12 +303,16 @@ def _layout_id(conn: sqlite3.Connection, config: RepoConfig, view: FeatureView, 
     return conn.execute(f"SELECT id FROM {layouts} WHERE names = ?", (text,)).fetchone()[0]
 
 
-def _upsert(conn: sqlite3.Connection, config: RepoConfig, view: FeatureView, rows: Iterable[tuple]) -> None:
+def _upsert(conn: sqlite3.Connection, config: RepoConfig, view: FeatureView, rows: Iterable[tuple], replace: bool = True) -> None:
+    """Write whole rows; ``replace=False`` keeps a customer's row where there is one."""
     table = _quote_id(_tables(config, view)[0])
+    conflict = (
+        "DO UPDATE SET layout = excluded.layout, feature_values = excluded.feature_values, "
+        "event_ts = excluded.event_ts, created_ts = excluded.created_ts" if replace else "DO NOTHING"
+    )
     conn.executemany(
         f"INSERT INTO {table} (entity_key, layout, feature_values, event_ts, created_ts) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT(entity_key) DO UPDATE SET layout = excluded.layout, feature_values = excluded.feature_values, "
-        "event_ts = excluded.event_ts, created_ts = excluded.created_ts",
+        f"ON CONFLICT(entity_key) {conflict}",
         rows,
     )
 
@@ -300,8 +340,9 @@ def _framed(column: pa.Array, kind: ValueType) -> list[bytes]:
         # in a oneof, is written even when zero): 11 bytes each, packed by NumPy.
         packed = np.empty(len(values), dtype=[("head", "S3"), ("value", "<f8")])
         packed["head"], packed["value"] = _DOUBLE_HEAD, values
-        data = packed.tobytes()
-        framed = [data[i : i + 11] for i in range(0, len(data), 11)]
+        # Sliced from the bytes: a NumPy bytes view would strip trailing zeros (of 0.0, say).
+        data, size = packed.tobytes(), packed.dtype.itemsize
+        framed = [data[i : i + size] for i in range(0, len(data), size)]
         for i in np.flatnonzero(np.isnan(values)).tolist():
             framed[i] = _EMPTY
         return framed
