@@ -145,11 +145,57 @@ def test_a_store_in_feasts_layout_is_converted_on_apply(feature_world, tmp_path)
     assert all(name.endswith(("__rows", "__layouts")) for name in _table_names(tmp_path / "old.db"))
 
 
-def test_reading_a_view_never_written_says_what_to_run(feature_world, tmp_path) -> None:
+def test_a_view_never_applied_says_what_to_run(feature_world, tmp_path) -> None:
     config = _config(feature_world.store, tmp_path / "empty.db")
     view = feature_world.store.get_feature_view("customer_profile")
     with pytest.raises(StoreNotWritten, match="customer_profile.*make train"):
         LeanSqliteOnlineStore().online_read(config, view, _keys(["C1"]))
+    with pytest.raises(StoreNotWritten, match="customer_profile.*make train"):
+        LeanSqliteOnlineStore().write_frame(config, view, _view_frame(feature_world, view))
+
+
+def test_a_customer_in_both_layouts_keeps_the_newer_row(feature_world, tmp_path) -> None:
+    """Feast's own store can write the file after an apply (the `feast` CLI with its store
+    type, say): converting then keeps, per customer, whichever row is newer."""
+    store = feature_world.store
+    view = store.get_feature_view("customer_profile")
+    config = _config(store, tmp_path / "both.db")
+    day = [pd.Timestamp(f"2026-02-0{d}", tz="UTC").to_pydatetime() for d in (1, 2, 3)]
+    x, y = _keys(["X", "Y"])
+
+    def row(key, band, when):
+        return (key, {"age_band": Value(string_val=band), "email_opt_in": Value(bool_val=True)}, when, None)
+
+    lean, feasts = LeanSqliteOnlineStore(), SqliteOnlineStore()
+    lean.update(config, [], [view], [], [], partial=False)
+    lean.online_write_batch(config, view, [row(x, "lean", day[1]), row(y, "lean", day[0])], None)
+    feasts.update(config, [], [view], [], [], partial=False)
+    feasts.online_write_batch(config, view, [row(x, "feast", day[0]), row(y, "feast", day[2])], None)
+    lean.update(config, [], [view], [], [], partial=False)
+    read = lean.online_read(config, view, [x, y])
+    assert [values["age_band"].string_val for _, values in read] == ["lean", "feast"]
+    assert [when for when, _ in read] == [day[1], day[2]]
+
+
+def test_wal_is_set_once_the_file_is_free(feature_world, tmp_path) -> None:
+    """The switch to WAL needs the file to itself: with another reader in it, the store works
+    on and switches on a later call."""
+    store = feature_world.store
+    view = store.get_feature_view("customer_profile")
+    config = _config(store, tmp_path / "shared.db")
+    feasts = SqliteOnlineStore()
+    feasts.update(config, [], [view], [], [], partial=False)
+    other = sqlite3.connect(config.online_store.path)
+    other.execute("BEGIN")
+    other.execute("SELECT count(*) FROM sqlite_master").fetchall()  # holds a read lock
+    lean = LeanSqliteOnlineStore()
+    lean._get_conn(config)  # the store's first connection: the switch waits out its timeout, then gives up
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    other.rollback()
+    lean.update(config, [], [view], [], [], partial=False)
+    assert lean.online_read(config, view, _keys(["C1"])) == [(None, None)]
+    other.close()
+    assert sqlite3.connect(config.online_store.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_reads_go_on_while_a_write_is_open(feature_world, tmp_path) -> None:

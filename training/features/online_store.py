@@ -16,9 +16,11 @@ one hash:
 
 Reads return what Feast's SQLite store returns after the same writes (tested for every view,
 partial writes and mixed times included), with one difference: a write of all of a view's
-features replaces the customer's row, so features since dropped from the view are gone
-(Feast's store keeps them, though ``get_online_features`` never returns them). A write of
-some features keeps the others, as Feast's per-feature upsert does. ``write_frame``
+features replaces the customer's row, in the view's order. Features since dropped from the
+view are gone (Feast's store keeps them, though ``get_online_features`` never returns them),
+and the row's time is that write's (Feast's is its last-created feature row's, which partial
+writes after such changes can tell apart). A write of some features keeps the others, as
+Feast's per-feature upsert does. ``write_frame``
 serializes a frame a column at a time, not a protobuf object per value.
 
 The database runs in WAL mode, so the endpoint keeps reading while a batch writes. A store in
@@ -32,6 +34,7 @@ numeric column) go to Feast's own methods and tables, which this layout leaves e
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -85,11 +88,18 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
         """True where this store's layout is used (else Feast's own methods and tables are)."""
         return config.online_store.type == STORE_TYPE and not _uses_feasts_tables(config)
 
+    _wal_connection: sqlite3.Connection | None = None  # the connection that saw WAL mode set
+
     def _get_conn(self, config: RepoConfig) -> sqlite3.Connection:
-        fresh = self._conn is None
         conn = super()._get_conn(config)
-        if fresh and self.covers(config):
-            conn.execute("PRAGMA journal_mode = WAL")  # readers go on while a batch writes
+        if self._wal_connection is not conn and self.covers(config) and not conn.in_transaction:
+            # Readers go on while a batch writes. The first switch needs the file to itself:
+            # while another process holds it, it fails and is tried again on the next call.
+            try:
+                if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                    self._wal_connection = conn
+            except sqlite3.OperationalError as error:
+                logging.getLogger(__name__).warning("online store not yet in WAL mode: %s", error)
         return conn
 
     def update(
@@ -174,6 +184,7 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
         view_names = {feature.name for feature in table.features}
         conn = self._get_conn(config)
         with conn:
+            conn.execute("BEGIN IMMEDIATE")  # what is merged below cannot change meanwhile
             # A customer written with only some of the view's features keeps the others, as in
             # Feast's store, which upserts each (customer, feature) on its own.
             partial = {key for key, (_, values, _, _) in zip(keys, written, strict=True) if not view_names <= values.keys()}
@@ -181,7 +192,10 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
             layouts: dict[tuple[str, ...], int] = {}
             rows = []
             for key, (_, values, timestamp, created) in zip(keys, written, strict=True):
-                times = (adapt_datetime_epoch(to_naive_utc(timestamp)), adapt_datetime_epoch(to_naive_utc(created)) if created else None)
+                times = (
+                    adapt_datetime_epoch(to_naive_utc(timestamp)),
+                    adapt_datetime_epoch(to_naive_utc(created)) if created is not None else None,
+                )
                 if key in stored:
                     kept_times, kept = stored[key]
                     merged = {**kept, **values}
@@ -244,17 +258,13 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
         except sqlite3.OperationalError as error:
             if "no such table" not in str(error):
                 raise
-            raise StoreNotWritten(
-                f"the online store {self._get_db_path(config)} has no table for feature view '{table.name}': apply the "
-                "feature repo and write it (`make train` or `indicators features`; a store written in Feast's own layout "
-                "is converted by any apply, `indicators score` included)"
-            ) from error
+            raise _not_written(config, table) from error
         return found
 
     def _convert_feasts_table(self, config: RepoConfig, conn: sqlite3.Connection, view: FeatureView) -> int:
         """Move what a table in Feast's layout holds for ``view`` into this layout, then drop
-        it; returns the rows moved. Customers already in this layout keep their row (written
-        by this store since, so newer)."""
+        it; returns the rows moved. A customer in both keeps the newer row (Feast's store can
+        write the file after an apply, through the `feast` CLI with its own store type, say)."""
         legacy = _feasts_table(config, view)
         columns = {row[1] for row in conn.execute(f"PRAGMA table_info({_quote_id(legacy)})")}
         if not {"entity_key", "feature_name", "value", "event_ts"} <= columns:
@@ -278,9 +288,9 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
             rows.append((key, layouts[names], b"".join(map(_frame, values.values())), event_ts, created_ts))
             moved += len(features)
             if len(rows) == CONVERT_ROWS:
-                _upsert(conn, config, view, rows, replace=False)
+                _upsert(conn, config, view, rows, newer_only=True)
                 rows = []
-        _upsert(conn, config, view, rows, replace=False)
+        _upsert(conn, config, view, rows, newer_only=True)
         conn.execute(f"DROP TABLE {_quote_id(legacy)}")
         return moved
 
@@ -296,23 +306,34 @@ def _feasts_table(config: RepoConfig, view: FeatureView) -> str:
     return _table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
 
 
+def _not_written(config: RepoConfig, view: FeatureView) -> StoreNotWritten:
+    return StoreNotWritten(
+        f"the online store {config.online_store.path} has no table for feature view '{view.name}': apply the feature "
+        "repo and write it (`make train` or `indicators features`; a store written in Feast's own layout is converted "
+        "by any apply, `indicators score` included)"
+    )
+
+
 def _layout_id(conn: sqlite3.Connection, config: RepoConfig, view: FeatureView, names: tuple[str, ...]) -> int:
+    """The id of this layout of ``view``'s features (added if new): every write asks first."""
     layouts = _quote_id(_tables(config, view)[1])
     text = json.dumps(names)
-    conn.execute(f"INSERT OR IGNORE INTO {layouts} (names) VALUES (?)", (text,))
+    try:
+        conn.execute(f"INSERT OR IGNORE INTO {layouts} (names) VALUES (?)", (text,))
+    except sqlite3.OperationalError as error:
+        if "no such table" not in str(error):
+            raise
+        raise _not_written(config, view) from error
     return conn.execute(f"SELECT id FROM {layouts} WHERE names = ?", (text,)).fetchone()[0]
 
 
-def _upsert(conn: sqlite3.Connection, config: RepoConfig, view: FeatureView, rows: Iterable[tuple], replace: bool = True) -> None:
-    """Write whole rows; ``replace=False`` keeps a customer's row where there is one."""
+def _upsert(conn: sqlite3.Connection, config: RepoConfig, view: FeatureView, rows: Iterable[tuple], newer_only: bool = False) -> None:
+    """Write whole rows; with ``newer_only`` a customer's stored row stays unless this one is as new."""
     table = _quote_id(_tables(config, view)[0])
-    conflict = (
-        "DO UPDATE SET layout = excluded.layout, feature_values = excluded.feature_values, "
-        "event_ts = excluded.event_ts, created_ts = excluded.created_ts" if replace else "DO NOTHING"
-    )
     conn.executemany(
         f"INSERT INTO {table} (entity_key, layout, feature_values, event_ts, created_ts) VALUES (?, ?, ?, ?, ?) "
-        f"ON CONFLICT(entity_key) {conflict}",
+        "ON CONFLICT(entity_key) DO UPDATE SET layout = excluded.layout, feature_values = excluded.feature_values, "
+        "event_ts = excluded.event_ts, created_ts = excluded.created_ts" + (f" WHERE excluded.event_ts >= {table}.event_ts" if newer_only else ""),
         rows,
     )
 
