@@ -199,7 +199,7 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
                 if key in stored:
                     kept_times, kept = stored[key]
                     merged = {**kept, **values}
-                    if list(merged)[-1] not in values:
+                    if next(reversed(merged)) not in values:
                         # Feast reads a customer's time off its last-created feature row (the
                         # last in this order: new features go last); not rewritten, it keeps its time.
                         times = kept_times
