@@ -89,10 +89,11 @@ def plan(first_purchase: datetime, cutoff: datetime, horizon: int) -> BacktestPl
 def read_log(path: Path, cutoff: datetime, options: ImportOptions | None = None) -> tuple[pd.DataFrame, int]:
     """The canonical log restricted to rows at or before ``cutoff``; and the count of bad rows."""
     options = options or ImportOptions()
-    source = read_source(path)
+    source, _ = read_source(path, options.delimiter)
     far_future = ImportOptions(**{**options.__dict__, "as_of": datetime(2200, 1, 1)})
-    clean, quarantined = normalize("transactions", source, far_future)
-    return clean[clean["timestamp"] <= pd.Timestamp(as_utc(cutoff))].reset_index(drop=True), len(quarantined)
+    result = normalize("transactions", source, far_future)
+    clean = result.clean
+    return clean[clean["timestamp"] <= pd.Timestamp(as_utc(cutoff))].reset_index(drop=True), len(result.quarantined)
 
 
 def run_backtest(

@@ -95,10 +95,10 @@ def _parse_mapping(pairs: list[str]) -> dict[str, str]:
 @app.command()
 def ingest(
     transactions: Annotated[
-        Path | None, typer.Option(help="Transaction log (.csv or .parquet).")
+        Path | None, typer.Option(help="Transaction log or line items (.csv, .parquet or .xlsx).")
     ] = None,
-    events: Annotated[Path | None, typer.Option(help="Behavioural events (.csv or .parquet).")] = None,
-    customers: Annotated[Path | None, typer.Option(help="Customer table (.csv or .parquet).")] = None,
+    events: Annotated[Path | None, typer.Option(help="Behavioural events (.csv, .parquet or .xlsx).")] = None,
+    customers: Annotated[Path | None, typer.Option(help="Customer table (.csv, .parquet or .xlsx).")] = None,
     column: Annotated[
         list[str],
         typer.Option(
@@ -111,7 +111,17 @@ def ingest(
         str | None, typer.Option(help="strftime format of dates, e.g. '%d/%m/%Y %H:%M' (default: inferred).")
     ] = None,
     timezone: Annotated[str, typer.Option(help="Time zone of naive timestamps in the file.")] = "UTC",
-    decimal: Annotated[str, typer.Option(help="Decimal separator of amounts in text files.")] = ".",
+    decimal: Annotated[
+        str, typer.Option(help="Decimal mark of numbers in text files: '.', ',' or 'auto' (per column).")
+    ] = "auto",
+    delimiter: Annotated[
+        str | None, typer.Option(help="CSV delimiter, e.g. ';', 'tab' or 'whitespace' (default: detected).")
+    ] = None,
+    cancelled_prefix: Annotated[
+        str | None,
+        typer.Option(help="Order ids starting with this are cancellations (default: 'C' + number when other "
+                          "ids are numbers; '' for none)."),
+    ] = None,
     as_of: Annotated[
         datetime | None,
         typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="Rows after this are 'future' (default: now, UTC)."),
@@ -134,6 +144,8 @@ def ingest(
         date_format=date_format,
         timezone=timezone,
         decimal=decimal,
+        delimiter=delimiter,
+        cancelled_prefix=cancelled_prefix,
         as_of=as_of,
     )
     config = Config(data_dir=data_dir)
@@ -154,11 +166,27 @@ def ingest(
         )
     console.print(table)
     for report in reports:
+        for note in report.notes:
+            console.print(f"{report.table}: {note}")
+        if report.books is not None:
+            _print_books(report.books)
         if report.quarantine_file is not None:
             console.print(f"{report.table}: {report.rows_quarantined:,} rows quarantined, by reason:")
             for why, count in report.reasons.items():
                 console.print(f"  {why}: {count:,}")
             console.print(f"  -> {report.quarantine_file}", soft_wrap=True)
+
+
+def _print_books(books) -> None:
+    """The import in the terms of the shop's books: orders, lines, refunds, revenue to the cent."""
+    console.print(
+        f"transactions: {books.lines:,} lines -> {books.orders:,} orders ({books.lines_merged:,} lines merged into "
+        f"their order), {books.refund_lines:,} refund lines in {books.refund_orders:,} refunds"
+    )
+    console.print(
+        f"revenue (net of refunds): file {books.revenue_read:,.2f} - quarantined {books.revenue_quarantined:,.2f} "
+        f"= imported {books.revenue_imported:,.2f}" + ("" if books.balanced else " [bold red](does not balance)[/]")
+    )
 
 
 @app.command()

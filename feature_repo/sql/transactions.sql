@@ -1,17 +1,27 @@
 -- Transactional features per customer as of $cutoff (inclusive), from the canonical log.
+-- Rows may be line items: the lines of an order (same order_id) are one order, its purchase
+-- lines apart from its refund lines. A row without an order_id is an order of its own.
 -- A purchase is a distinct UTC purchase day with positive spend (BTYD convention);
 -- refunds (negative amounts) are netted into revenue and counted in the refund rate.
+-- Optional columns a log lacks are NULL here (see snapshots.connect), and so are the
+-- features that read them (discount share, category shares).
 -- Timestamps (first/last purchase) are stored so ages are computed exactly at request time.
 -- Every float aggregate takes its inputs in sorted order (ORDER BY inside the aggregate):
 -- DuckDB combines parallel partial sums in varying order, and the last bits then differed
 -- between two builds of the same data. Means of 0/1 values are exact and need no order.
-WITH tx AS (
-    SELECT customer_id, "timestamp" AS ts, amount,
-           coalesce(discount, 0) AS discount,
-           lower(coalesce(category, 'other')) AS category,
-           date_trunc('day', "timestamp") AS day
+WITH lines AS (
+    SELECT customer_id, "timestamp" AS ts, amount, discount,
+           lower(category) AS category,
+           coalesce(order_id, 'row ' || row_number() OVER ()) AS order_key
     FROM transactions
-    WHERE "timestamp" <= $cutoff
+    WHERE "timestamp" <= $cutoff AND amount <> 0
+),
+tx AS (
+    SELECT customer_id, min(ts) AS ts, sum(amount ORDER BY amount) AS amount,
+           max(discount) AS discount,
+           date_trunc('day', min(ts)) AS day
+    FROM lines
+    GROUP BY customer_id, order_key, amount > 0
 ),
 purchase_days AS (
     SELECT customer_id, day, sum(amount ORDER BY amount) AS day_amount
@@ -53,27 +63,33 @@ tx_stats AS (
            count(*) FILTER (WHERE amount > 0) AS orders_total,
            count(*) FILTER (WHERE amount < 0) AS refunds_total,
            coalesce(-sum(amount ORDER BY amount) FILTER (WHERE amount < 0), 0) AS refund_amount_total,
-           avg((discount > 0)::DOUBLE) FILTER (WHERE amount > 0) AS discount_share,
-           avg((category = 'apparel')::DOUBLE) FILTER (WHERE amount > 0) AS share_apparel,
-           avg((category = 'home')::DOUBLE) FILTER (WHERE amount > 0) AS share_home,
-           avg((category = 'electronics')::DOUBLE) FILTER (WHERE amount > 0) AS share_electronics,
-           avg((category = 'beauty')::DOUBLE) FILTER (WHERE amount > 0) AS share_beauty,
-           avg((category = 'grocery')::DOUBLE) FILTER (WHERE amount > 0) AS share_grocery,
-           avg((category = 'sustainable')::DOUBLE) FILTER (WHERE amount > 0) AS share_sustainable,
-           count(DISTINCT category) FILTER (WHERE amount > 0) AS category_count
+           avg((discount > 0)::DOUBLE) FILTER (WHERE amount > 0) AS discount_share
     FROM tx
+    GROUP BY customer_id
+),
+category_stats AS (  -- over purchase lines: an order may span categories
+    SELECT customer_id,
+           avg((category = 'apparel')::DOUBLE) AS share_apparel,
+           avg((category = 'home')::DOUBLE) AS share_home,
+           avg((category = 'electronics')::DOUBLE) AS share_electronics,
+           avg((category = 'beauty')::DOUBLE) AS share_beauty,
+           avg((category = 'grocery')::DOUBLE) AS share_grocery,
+           avg((category = 'sustainable')::DOUBLE) AS share_sustainable,
+           count(DISTINCT category) AS category_count
+    FROM lines
+    WHERE amount > 0
     GROUP BY customer_id
 ),
 universe AS (
     SELECT customer_id FROM customers WHERE signup_at <= $cutoff
     UNION
-    SELECT DISTINCT customer_id FROM tx
+    SELECT DISTINCT customer_id FROM transactions WHERE "timestamp" <= $cutoff
 ),
 category_entropy AS (
     SELECT customer_id, abs(sum(p * ln(p) ORDER BY p)) AS category_entropy
     FROM (
         SELECT customer_id, count(*) / sum(count(*)) OVER (PARTITION BY customer_id) AS p
-        FROM tx WHERE amount > 0
+        FROM lines WHERE amount > 0 AND category IS NOT NULL
         GROUP BY customer_id, category
     )
     GROUP BY customer_id
@@ -103,16 +119,17 @@ SELECT
     coalesce(s.refunds_total / greatest(s.orders_total, 1), 0) AS refund_rate,
     coalesce(s.refund_amount_total / greatest(s.revenue_total + s.refund_amount_total, 1.0), 0) AS refund_amount_share,
     s.discount_share,
-    s.share_apparel,
-    s.share_home,
-    s.share_electronics,
-    s.share_beauty,
-    s.share_grocery,
-    s.share_sustainable,
-    coalesce(s.category_count, 0) AS category_count,
+    c.share_apparel,
+    c.share_home,
+    c.share_electronics,
+    c.share_beauty,
+    c.share_grocery,
+    c.share_sustainable,
+    coalesce(c.category_count, 0) AS category_count,
     coalesce(e.category_entropy, 0) AS category_entropy
 FROM universe u
 LEFT JOIN tx_stats s USING (customer_id)
 LEFT JOIN day_windows d USING (customer_id)
 LEFT JOIN gap_stats g USING (customer_id)
+LEFT JOIN category_stats c USING (customer_id)
 LEFT JOIN category_entropy e USING (customer_id)

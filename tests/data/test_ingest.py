@@ -66,7 +66,7 @@ def test_bad_rows_are_quarantined_with_a_reason_and_counted(tmp_path: Path) -> N
         "unparseable timestamp": 1,
         "non-numeric amount": 1,
         "future timestamp": 1,
-        "duplicate order_id": 1,
+        "order_id of another customer": 1,
     }
     quarantined = pd.read_csv(report.quarantine_file, dtype=str)
     assert len(quarantined) == report.rows_quarantined == 5
@@ -93,7 +93,7 @@ def test_a_new_file_appends_and_conflicting_order_ids_are_quarantined(tmp_path: 
     later = "ClientID,Date,Total,Order,Category\nC3,08/01/2025 09:00,4,o7,home\nC3,08/01/2025 09:30,99,o1,home\n"
     [report] = ingest(paths, {"transactions": _write(tmp_path, "b.csv", later)}, _options())
     assert report.rows_added == 1
-    assert report.reasons == {"order_id already imported with other values": 1}
+    assert report.reasons == {"order_id already imported for another customer": 1}
     assert len(pd.read_parquet(paths.raw_table("transactions"))) == 4
 
 
@@ -126,7 +126,8 @@ def test_time_zones_decimal_commas_and_parquet(tmp_path: Path) -> None:
         decimal=",",
         as_of=AS_OF,
     )
-    clean, quarantined = normalize("transactions", pd.read_parquet(tmp_path / "t.parquet"), options)
+    result = normalize("transactions", pd.read_parquet(tmp_path / "t.parquet"), options)
+    clean, quarantined = result.clean, result.quarantined
     assert quarantined.empty
     assert clean["timestamp"].iloc[0] == pd.Timestamp("2025-07-01 10:00", tz="UTC")
     assert clean["amount"].tolist() == [10.5, 1234.25]
@@ -137,14 +138,14 @@ def test_events_and_customers_are_validated(tmp_path: Path) -> None:
         {"customer_id": ["a", "a", "b"], "timestamp": ["2025-01-01", "2025-01-02", "2025-01-03"],
          "event_type": ["session", "teleport", "email_open"]}
     )
-    clean, bad = normalize("events", events, ImportOptions(as_of=AS_OF))
-    assert len(clean) == 2 and bad["reason"].tolist() == ["unknown event_type"]
+    result = normalize("events", events, ImportOptions(as_of=AS_OF))
+    assert len(result.clean) == 2 and result.quarantined["reason"].tolist() == ["unknown event_type"]
     customers = pd.DataFrame(
         {"customer_id": ["a", "a", "b"], "signup_at": ["2024-01-01"] * 3, "marketing_consent": ["yes", "no", "maybe"]}
     )
-    clean, bad = normalize("customers", customers, ImportOptions(as_of=AS_OF))
-    assert clean["customer_id"].tolist() == ["a"]
-    assert sorted(bad["reason"]) == ["duplicate customer_id", "invalid marketing_consent"]
+    result = normalize("customers", customers, ImportOptions(as_of=AS_OF))
+    assert result.clean["customer_id"].tolist() == ["a"]
+    assert sorted(result.quarantined["reason"]) == ["duplicate customer_id", "invalid marketing_consent"]
 
 
 def test_cli_reports_a_missing_column_without_a_traceback(tmp_path: Path) -> None:

@@ -227,7 +227,7 @@ def generate_chunk(spec: GenerationSpec, chunk_index: int, first_index: int, siz
             "order_id": pa.concat_arrays(
                 [order_ids, pc.binary_join_element_wise(order_ids.take(pa.array(r)), pa.scalar("R"), "-")]
             ),
-            "quantity": np.concatenate([quantity, -quantity[r]]).astype(np.int32),
+            "quantity": np.concatenate([quantity, -quantity[r]]).astype(float),
             "category": np.asarray(CATEGORIES, dtype=object)[np.concatenate([category_idx, category_idx[r]])],
             "channel": np.asarray(SALES_CHANNELS, dtype=object)[np.concatenate([channel_idx, channel_idx[r]])],
             "discount": np.concatenate([discount, np.zeros(r.size)]),

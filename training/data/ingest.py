@@ -5,11 +5,18 @@ wires them to files. Nothing is written until every table of an import has been 
 then each file is written under a temporary name and renamed, so a failed import leaves the
 earlier data exactly as it was. Re-importing a file adds nothing: rows already present are
 recognised and skipped.
+
+Real exports are taken as they come: line items (several rows per order), cancellations as
+negative quantities or marked order ids, spreadsheet ids such as ``17850.0``, CSV with any
+common delimiter and decimal mark, Parquet and Excel.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,12 +34,12 @@ from training.data.schemas import (
 )
 
 TIMESTAMP_COLUMN = {"transactions": "timestamp", "events": "timestamp", "customers": "signup_at"}
-# Columns that identify a row: a re-imported row with the same values is the same row.
-ROW_KEY = {
-    "transactions": ["customer_id", "timestamp", "amount", "order_id"],
-    "events": ["customer_id", "timestamp", "event_type"],
-    "customers": ["customer_id"],
-}
+ID_COLUMNS = ("customer_id", "order_id", "product_id")
+NUMBER_COLUMNS = ("amount", "quantity", "unit_price", "discount")
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+WHITESPACE = r"\s+"
+# An order id made of this mark and a number, where other ids are plain numbers, is a cancellation.
+CANCELLED_MARK = "C"
 
 
 class IngestError(ValueError):
@@ -45,14 +52,37 @@ class ImportOptions:
 
     ``columns`` maps canonical name -> name in the file. ``date_format`` is a strftime format
     (None: ISO 8601 and friends are inferred); naive times are read in ``timezone``.
-    ``decimal`` is the decimal separator of amounts in text files.
+    ``decimal`` is the decimal mark of numbers in text files ("auto": per column, whichever
+    reads more values). ``delimiter`` of CSV files (None: detected; "whitespace" for columns
+    separated by spaces). ``cancelled_prefix``: order ids starting with it are cancellations
+    (None: ``C`` followed by a number, when the other order ids are numbers; "": none).
     """
 
     columns: dict[str, str] = field(default_factory=dict)
     date_format: str | None = None
     timezone: str = "UTC"
-    decimal: str = "."
+    decimal: str = "auto"
+    delimiter: str | None = None
+    cancelled_prefix: str | None = None
     as_of: datetime | None = None  # rows after this are "in the future"; default: now
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """A transaction import in the terms of the shop's books (revenue net of refunds)."""
+
+    lines: int  # clean rows of the file
+    orders: int  # purchase orders among them (lines of one order count once)
+    lines_merged: int  # purchase lines that joined another line's order
+    refund_lines: int
+    refund_orders: int
+    revenue_read: float  # every row with a readable amount
+    revenue_quarantined: float
+    revenue_imported: float  # clean rows: revenue_read - revenue_quarantined
+
+    @property
+    def balanced(self) -> bool:
+        return round(self.revenue_read - self.revenue_quarantined, 2) == round(self.revenue_imported, 2)
 
 
 @dataclass
@@ -65,44 +95,108 @@ class TableReport:
     rows_quarantined: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     quarantine_file: Path | None = None
+    notes: list[str] = field(default_factory=list)  # how the file was read: delimiter, ids, signs
+    books: Reconciliation | None = None
 
 
-def read_source(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file with every column as text (parsing happens in ``normalize``)."""
+@dataclass(frozen=True)
+class Normalized:
+    clean: pd.DataFrame
+    quarantined: pd.DataFrame  # the file's rows as read (mapped names), with a ``reason``
+    notes: list[str]
+    books: Reconciliation | None = None
+
+
+def read_source(path: Path, delimiter: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """A CSV, Parquet or Excel file, text columns kept as text (parsing happens in ``normalize``).
+
+    Returns the frame and notes on how it was read (the delimiter found, for example).
+    """
     if not path.exists():
         raise IngestError(f"file not found: {path}")
     suffix = path.suffix.lower()
     if suffix in {".parquet", ".pq"}:
-        frame = pd.read_parquet(path)
-    elif suffix in {".csv", ".txt", ".gz"}:
+        return pd.read_parquet(path), []
+    if suffix in {".xlsx", ".xlsm", ".xls"}:
         try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        except (pd.errors.ParserError, UnicodeDecodeError) as error:
-            raise IngestError(f"cannot parse {path} as CSV: {error}") from error
-    else:
-        raise IngestError(f"unsupported file type {suffix!r} for {path}: use .csv or .parquet")
-    return frame
+            return pd.read_excel(path, dtype=str, keep_default_na=False, na_values=[""]), []
+        except (ValueError, OSError, ImportError) as error:
+            raise IngestError(f"cannot read {path} as Excel: {error}") from error
+    if suffix not in {".csv", ".txt", ".gz", ".tsv"}:
+        raise IngestError(f"unsupported file type {suffix!r} for {path}: use .csv, .parquet or .xlsx")
+    notes: list[str] = []
+    if delimiter is None:
+        delimiter = detect_delimiter(_head(path))
+        notes.append(f"delimiter: {DELIMITERS.get(delimiter, 'whitespace')} (detected)")
+    elif delimiter.lower() in {"whitespace", "space", "spaces"}:
+        delimiter = WHITESPACE
+    elif delimiter.lower() in {"tab", "\\t"}:
+        delimiter = "\t"
+    try:
+        if delimiter == WHITESPACE:
+            frame = pd.read_csv(path, sep=WHITESPACE, dtype=str, keep_default_na=False, na_values=[""], engine="python")
+        else:
+            frame = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise IngestError(f"cannot parse {path} as CSV: {error}") from error
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame, notes
 
 
-def normalize(
-    table: str, source: pd.DataFrame, options: ImportOptions
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _head(path: Path, size: int = 65_536) -> str:
+    raw = path.read_bytes()[:size] if path.suffix.lower() != ".gz" else _gunzip_head(path, size)
+    return raw.decode("utf-8", errors="replace")
+
+
+def _gunzip_head(path: Path, size: int) -> bytes:
+    import gzip
+
+    with gzip.open(path, "rb") as handle:
+        return handle.read(size)
+
+
+def detect_delimiter(sample: str) -> str:
+    """The delimiter that splits the sample's lines into the same number (> 1) of fields.
+
+    Candidates: comma, semicolon, tab, pipe (most fields wins), then runs of whitespace.
+    A file of one column reads as comma-separated.
+    """
+    lines = [line for line in sample.splitlines()[:50] if line.strip()]
+    if len(lines) > 1 and not sample.endswith("\n"):
+        lines = lines[:-1]  # the sample may cut the last line
+    best, best_fields = ",", 1
+    for candidate in DELIMITERS:
+        counts = {len(row) for row in csv.reader(io.StringIO("\n".join(lines)), delimiter=candidate)}
+        if len(counts) == 1 and (fields := counts.pop()) > best_fields:
+            best, best_fields = candidate, fields
+    if best_fields == 1 and lines:
+        counts = {len(line.split()) for line in lines}
+        if len(counts) == 1 and counts.pop() > 1:
+            return WHITESPACE
+    return best
+
+
+def normalize(table: str, source: pd.DataFrame, options: ImportOptions) -> Normalized:
     """Map ``source`` onto the canonical ``table`` schema.
 
-    Returns (clean rows, quarantined rows with a ``reason`` column). Raises ``IngestError``
-    naming any required column that is missing.
+    Returns the clean rows, the quarantined rows (as read, with a ``reason``), notes on how
+    values were read and, for transactions, the reconciliation with the file's revenue.
+    Raises ``IngestError`` naming any required column that is missing.
     """
-    frame = _rename(table, source, options.columns)
-    keep = REQUIRED_COLUMNS[table] + [c for c in OPTIONAL_COLUMNS[table] if c in frame.columns]
-    frame = frame[keep].copy()
-    original = frame.copy()
+    renamed = _rename(table, source, options.columns)
+    notes: list[str] = []
+    keep = [c for c in REQUIRED_COLUMNS[table] + OPTIONAL_COLUMNS[table] if c in renamed.columns]
+    frame = renamed[keep].copy()
     reason = pd.Series("", index=frame.index, dtype=object)
 
     def flag(mask: pd.Series, why: str) -> None:
-        fresh = mask & (reason == "")
+        fresh = mask.fillna(False).astype(bool) & (reason == "")
         reason[fresh] = why
 
-    frame["customer_id"] = frame["customer_id"].astype("string").str.strip()
+    for column in ID_COLUMNS:
+        if column in frame:
+            frame[column], note = _read_ids(frame[column], column)
+            notes += note
     flag(frame["customer_id"].isna() | (frame["customer_id"] == ""), "missing customer_id")
 
     ts_col = TIMESTAMP_COLUMN[table]
@@ -112,27 +206,15 @@ def normalize(
     as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
     flag(frame[ts_col] > as_of, f"future {ts_col}")
 
+    books = None
     if table == "transactions":
-        frame["amount"] = _parse_number(frame["amount"], options.decimal)
-        flag(frame["amount"].isna() | ~np.isfinite(frame["amount"].fillna(0)), "non-numeric amount")
-        if "discount" in frame:
-            frame["discount"] = _parse_number(frame["discount"], options.decimal)
-            flag(frame["discount"] < 0, "negative discount")
-        if "quantity" in frame:
-            quantity = _parse_number(frame["quantity"], options.decimal)
-            flag(quantity.notna() & (quantity != quantity.round()), "non-integer quantity")
-            frame["quantity"] = quantity.round().astype("Int64")
-        if "order_id" in frame:
-            frame["order_id"] = frame["order_id"].astype("string").str.strip().replace("", pd.NA)
-            repeated = frame["order_id"].notna() & frame.duplicated(subset=["order_id"], keep="first")
-            same_row = frame.duplicated(subset=["customer_id", "timestamp", "amount", "order_id"], keep="first")
-            flag(repeated & ~same_row, "duplicate order_id")
-            flag(same_row & frame["order_id"].notna(), "duplicate row")
+        notes += _transaction_values(frame, renamed, options, flag)
     elif table == "events":
         frame["event_type"] = frame["event_type"].astype("string").str.strip().str.lower()
         known = SCHEMAS["events"].columns["event_type"].checks[0]
         allowed = set(known.statistics["allowed_values"])
         flag(~frame["event_type"].isin(allowed), "unknown event_type")
+        flag(renamed.duplicated(keep="first"), "duplicate row")
     elif table == "customers":
         flag(frame.duplicated(subset=["customer_id"], keep="first"), "duplicate customer_id")
         for column in BOOLEAN_CUSTOMER_COLUMNS:
@@ -142,9 +224,90 @@ def normalize(
                 frame[column] = parsed
 
     bad = reason != ""
-    quarantined = original[bad].astype("string").assign(reason=reason[bad].astype("string"))
+    quarantined = renamed[bad].astype("string").assign(reason=reason[bad].astype("string"))
     clean = _canonical_types(table, frame[~bad])
-    return clean.reset_index(drop=True), quarantined.reset_index(drop=True)
+    if table == "transactions":
+        books = _reconcile(frame, bad)
+    return Normalized(clean.reset_index(drop=True), quarantined.reset_index(drop=True), notes, books)
+
+
+def _transaction_values(frame: pd.DataFrame, renamed: pd.DataFrame, options: ImportOptions, flag) -> list[str]:
+    """Parse numbers, derive amounts of line items, sign refunds, mark duplicates (in place)."""
+    notes: list[str] = []
+    for column in NUMBER_COLUMNS:
+        if column in frame:
+            frame[column], mark = _parse_number(frame[column], options.decimal)
+            if mark == ",":
+                notes.append(f"{column}: decimal comma")
+    if "amount" not in frame:
+        frame.insert(2, "amount", frame["quantity"] * frame["unit_price"])
+        notes.append("amount = quantity x unit_price (no amount column)")
+    elif "quantity" in frame and "unit_price" in frame:
+        derived = frame["amount"].isna() & frame["quantity"].notna() & frame["unit_price"].notna()
+        frame.loc[derived, "amount"] = frame.loc[derived, "quantity"] * frame.loc[derived, "unit_price"]
+        if derived.any():
+            notes.append(f"amount = quantity x unit_price on {int(derived.sum()):,} rows without an amount")
+    flag(frame["amount"].isna() | ~np.isfinite(frame["amount"].fillna(0)), "non-numeric amount")
+    for column in ("quantity", "unit_price", "discount"):
+        if column in frame:
+            flag(renamed[column].notna() & frame[column].isna(), f"non-numeric {column}")
+    if "discount" in frame:
+        flag(frame["discount"] < 0, "negative discount")
+
+    refund = frame["amount"] < 0
+    if "quantity" in frame:
+        refund |= frame["quantity"].fillna(0) < 0
+    if "order_id" in frame:
+        prefix = _cancelled_prefix(frame["order_id"], options.cancelled_prefix)
+        if prefix:
+            cancelled = frame["order_id"].str.startswith(prefix).fillna(False)
+            refund |= cancelled
+            notes.append(f"order ids starting with {prefix!r} read as cancellations ({int(cancelled.sum()):,} rows)")
+    flipped = refund & (frame["amount"] > 0)
+    if flipped.any():
+        notes.append(f"{int(flipped.sum()):,} refund rows with a positive amount counted as negative")
+    frame["amount"] = frame["amount"].where(~refund, -frame["amount"].abs())
+    if "quantity" in frame:
+        frame["quantity"] = frame["quantity"].where(~refund, -frame["quantity"].abs())
+
+    # A duplicate repeats another row in every column of the file; lines of one order are not.
+    flag(renamed.duplicated(keep="first"), "duplicate row")
+    if "order_id" in frame:
+        owner = frame["customer_id"].groupby(frame["order_id"]).transform("first")
+        flag(frame["order_id"].notna() & (owner != frame["customer_id"]), "order_id of another customer")
+    return notes
+
+
+def _cancelled_prefix(order_ids: pd.Series, given: str | None) -> str:
+    if given is not None:
+        return given
+    ids = order_ids.dropna()
+    marked = ids.str.fullmatch(rf"{CANCELLED_MARK}\d+")
+    if marked.any() and ids[~marked].str.fullmatch(r"\d+").mean() >= 0.9:
+        return CANCELLED_MARK
+    return ""
+
+
+def _reconcile(frame: pd.DataFrame, bad: pd.Series) -> Reconciliation:
+    readable = frame["amount"].notna() & np.isfinite(frame["amount"].fillna(0))
+    clean = frame[~bad]
+    if "order_id" in clean:
+        order = clean["order_id"].fillna(pd.Series(clean.index.astype(str), index=clean.index).radd("row:"))
+    else:
+        order = pd.Series(clean.index.astype(str), index=clean.index)
+    bought, refunded = clean["amount"] > 0, clean["amount"] < 0
+    orders = pd.MultiIndex.from_arrays([clean["customer_id"][bought], order[bought]]).nunique()
+    refund_orders = pd.MultiIndex.from_arrays([clean["customer_id"][refunded], order[refunded]]).nunique()
+    return Reconciliation(
+        lines=len(clean),
+        orders=int(orders),
+        lines_merged=int(bought.sum() - orders),
+        refund_lines=int(refunded.sum()),
+        refund_orders=int(refund_orders),
+        revenue_read=math.fsum(frame.loc[readable, "amount"]),
+        revenue_quarantined=math.fsum(frame.loc[readable & bad, "amount"]),
+        revenue_imported=math.fsum(clean["amount"]),
+    )
 
 
 def merge_with_existing(
@@ -152,22 +315,34 @@ def merge_with_existing(
 ) -> tuple[pd.DataFrame, int, pd.DataFrame]:
     """Append ``clean`` to ``existing``, skipping rows already there.
 
+    A row is already there if the table holds as many rows equal to it in every canonical
+    column (the second of two identical lines of an order is new until imported twice).
     Returns (merged table, rows already present, rows that conflict with existing data: a
-    transaction whose order_id is already taken by a different row).
+    transaction whose order_id belongs to another customer).
     """
     if existing is None or existing.empty:
         return clean, 0, clean.iloc[0:0]
-    key = [c for c in ROW_KEY[table] if c in clean.columns and c in existing.columns]
-    existing_keys = pd.MultiIndex.from_frame(existing[key].astype("string"))
-    new_keys = pd.MultiIndex.from_frame(clean[key].astype("string"))
-    present = new_keys.isin(existing_keys)
+    if table == "customers":
+        key = ["customer_id"]
+    else:
+        key = [c for c in clean.columns if c in existing.columns]
+    present = _occurrence_keys(clean, key).isin(_occurrence_keys(existing, key))
     fresh = clean[~present]
     conflicts = fresh.iloc[0:0]
     if table == "transactions" and "order_id" in fresh and "order_id" in existing:
-        taken = fresh["order_id"].notna() & fresh["order_id"].isin(existing["order_id"].dropna())
+        owners = existing.dropna(subset=["order_id"]).drop_duplicates("order_id").set_index("order_id")["customer_id"]
+        owner = fresh["order_id"].map(owners)
+        taken = owner.notna() & (owner != fresh["customer_id"])
         conflicts, fresh = fresh[taken], fresh[~taken]
     merged = pd.concat([existing, fresh], ignore_index=True)
     return _canonical_types(table, merged), int(present.sum()), conflicts
+
+
+def _occurrence_keys(frame: pd.DataFrame, key: list[str]) -> pd.MultiIndex:
+    """Each row's values in ``key`` as text, plus how many equal rows came before it."""
+    text = frame[key].astype("string").fillna("\x00")
+    occurrence = text.groupby(key, sort=False).cumcount()
+    return pd.MultiIndex.from_frame(text.assign(_occurrence=occurrence.to_numpy()))
 
 
 def ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> list[TableReport]:
@@ -185,14 +360,15 @@ def ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> li
         raise IngestError(f"cannot map to unknown canonical column(s) {unknown_targets}")
     planned: list[tuple[TableReport, pd.DataFrame, pd.DataFrame]] = []
     for table, source_path in sources.items():
-        source = read_source(source_path)
-        clean, quarantined = normalize(table, source, options)
+        source, read_notes = read_source(source_path, options.delimiter)
+        result = normalize(table, source, options)
+        quarantined = result.quarantined
         target = paths.raw_table(table)
         existing = pd.read_parquet(target) if target.exists() else None
-        merged, already, conflicts = merge_with_existing(table, existing, clean)
+        merged, already, conflicts = merge_with_existing(table, existing, result.clean)
         if not conflicts.empty:
             quarantined = pd.concat(
-                [quarantined, conflicts.astype("string").assign(reason="order_id already imported with other values")],
+                [quarantined, conflicts.astype("string").assign(reason="order_id already imported for another customer")],
                 ignore_index=True,
             )
         SCHEMAS[table].validate(merged)
@@ -204,6 +380,8 @@ def ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> li
             rows_already_present=already,
             rows_quarantined=len(quarantined),
             reasons=quarantined["reason"].value_counts().to_dict() if len(quarantined) else {},
+            notes=[*read_notes, *result.notes],
+            books=_with_conflicts(result.books, conflicts),
         )
         planned.append((report, merged, quarantined))
 
@@ -219,16 +397,47 @@ def ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> li
     return [report for report, _, _ in planned]
 
 
+def _with_conflicts(books: Reconciliation | None, conflicts: pd.DataFrame) -> Reconciliation | None:
+    """Rows refused against the existing table move from imported to quarantined revenue."""
+    if books is None or conflicts.empty:
+        return books
+    moved = math.fsum(conflicts["amount"])
+    return Reconciliation(
+        lines=books.lines - len(conflicts),
+        orders=books.orders,
+        lines_merged=books.lines_merged,
+        refund_lines=books.refund_lines,
+        refund_orders=books.refund_orders,
+        revenue_read=books.revenue_read,
+        revenue_quarantined=books.revenue_quarantined + moved,
+        revenue_imported=books.revenue_imported - moved,
+    )
+
+
 def _rename(table: str, source: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     """Apply the mappings whose source column is in this file; name any required column missing."""
     frame = source.rename(columns={src: dst for dst, src in columns.items() if src in source.columns})
-    missing = [c for c in REQUIRED_COLUMNS[table] if c not in frame.columns]
+    frame = frame.loc[:, ~frame.columns.duplicated()]
+    required = REQUIRED_COLUMNS[table]
+    if table == "transactions" and {"quantity", "unit_price"} <= set(frame.columns):
+        required = [c for c in required if c != "amount"]  # derived from the line's quantity and price
+    missing = [c for c in required if c not in frame.columns]
     if missing:
+        hint = " (or quantity and unit_price)" if "amount" in missing else ""
         raise IngestError(
-            f"{table}: missing required column(s) {', '.join(missing)}; "
+            f"{table}: missing required column(s) {', '.join(missing)}{hint}; "
             f"file has {', '.join(map(str, source.columns))} (map names with --column CANONICAL=NAME)"
         )
     return frame
+
+
+def _read_ids(values: pd.Series, column: str) -> tuple[pd.Series, list[str]]:
+    """Ids as text; a column of float-formatted integers (``17850.0``, a spreadsheet's) as integers."""
+    text = values.astype("string").str.strip().replace("", pd.NA)
+    present = text.dropna()
+    if len(present) and present.str.contains(".", regex=False).any() and present.str.fullmatch(r"-?\d+(\.0*)?").all():
+        return text.str.replace(r"\.0*$", "", regex=True), [f"{column}: float-formatted integers read as integers (17850.0 -> 17850)"]
+    return text, []
 
 
 def _parse_timestamps(values: pd.Series, options: ImportOptions) -> pd.Series:
@@ -237,6 +446,8 @@ def _parse_timestamps(values: pd.Series, options: ImportOptions) -> pd.Series:
     else:
         text = values.astype("string").str.strip()
         fmt = options.date_format or "mixed"
+        if options.date_format is None and text.dropna().str.fullmatch(r"\d{8}").all() and text.notna().any():
+            fmt = "%Y%m%d"  # 19970101: compact ISO dates, which "mixed" would read as numbers
         parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=False)
         if parsed.dtype == object:  # mixed offsets: normalise each value to UTC
             parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
@@ -245,13 +456,20 @@ def _parse_timestamps(values: pd.Series, options: ImportOptions) -> pd.Series:
     return parsed.dt.tz_convert("UTC").astype(UTC_TIMESTAMP)
 
 
-def _parse_number(values: pd.Series, decimal: str) -> pd.Series:
+def _parse_number(values: pd.Series, decimal: str) -> tuple[pd.Series, str]:
+    """Numbers from text with ``decimal`` as the mark ("auto": whichever reads more values)."""
     if pd.api.types.is_numeric_dtype(values):
-        return values.astype(float)
+        return values.astype(float), "."
     text = values.astype("string").str.strip()
-    if decimal != ".":
-        text = text.str.replace(".", "", regex=False).str.replace(decimal, ".", regex=False)
-    return pd.to_numeric(text, errors="coerce").astype(float)
+    dotted = pd.to_numeric(text, errors="coerce").astype(float)
+    if decimal == ".":
+        return dotted, "."
+    comma = pd.to_numeric(
+        text.str.replace(".", "", regex=False).str.replace(",", ".", regex=False), errors="coerce"
+    ).astype(float)
+    if decimal == "," or comma.notna().sum() > dotted.notna().sum():
+        return comma, ","
+    return dotted, "."
 
 
 def _parse_bool(values: pd.Series) -> pd.Series:
@@ -265,15 +483,13 @@ def _parse_bool(values: pd.Series) -> pd.Series:
 def _canonical_types(table: str, frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     out["customer_id"] = out["customer_id"].astype(str)
-    for column in ("order_id", "category", "channel", "event_type", *OPTIONAL_COLUMNS["customers"]):
+    for column in ("order_id", "product_id", "category", "channel", "event_type", *OPTIONAL_COLUMNS["customers"]):
         if column in out and column not in BOOLEAN_CUSTOMER_COLUMNS:
             out[column] = out[column].astype(object).where(out[column].notna(), None)
     for column in BOOLEAN_CUSTOMER_COLUMNS:
         if column in out:
             out[column] = out[column].astype("boolean")
-    if "quantity" in out:
-        out["quantity"] = out["quantity"].astype("Int64")
-    for column in ("amount", "discount"):
+    for column in NUMBER_COLUMNS:
         if column in out:
             out[column] = out[column].astype(float)
     ts_col = TIMESTAMP_COLUMN[table]

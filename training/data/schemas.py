@@ -1,8 +1,10 @@
 """Canonical raw tables: the boundary every importer and generator must meet.
 
-The transaction log contract is in DESIGN.md: ``customer_id`` (string), ``timestamp``
-(UTC), ``amount`` (refunds negative), optional ``order_id``, ``quantity``, ``category``,
-``channel`` (and ``discount``, the amount taken off the list price).
+The transaction log: ``customer_id`` (string), ``timestamp`` (UTC), ``amount`` (refunds
+negative), optional ``order_id``, ``product_id``, ``quantity``, ``unit_price``, ``category``,
+``channel`` and ``discount`` (the amount taken off the list price). Rows may be line items:
+several rows share an ``order_id``, and the lines of an order are one order. Any optional
+column may be missing; features that need it are then null.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ REQUIRED_COLUMNS: dict[str, list[str]] = {
 }
 
 OPTIONAL_COLUMNS: dict[str, list[str]] = {
-    "transactions": ["order_id", "quantity", "category", "channel", "discount"],
+    "transactions": ["order_id", "product_id", "quantity", "unit_price", "category", "channel", "discount"],
     "events": [],
     "customers": [
         "age_band",
@@ -64,8 +66,10 @@ SCHEMAS: dict[str, pa.DataFrameSchema] = {
             "customer_id": _ID,
             "timestamp": _TS,
             "amount": pa.Column(float, pa.Check(lambda s: s.abs() < 1e9), nullable=False),
-            "order_id": pa.Column(str, nullable=True, required=False, unique=True),
-            "quantity": pa.Column("Int64", nullable=True, required=False),
+            "order_id": pa.Column(str, nullable=True, required=False),
+            "product_id": pa.Column(str, nullable=True, required=False),
+            "quantity": pa.Column(float, nullable=True, required=False),
+            "unit_price": pa.Column(float, nullable=True, required=False),
             "category": pa.Column(str, nullable=True, required=False),
             "channel": pa.Column(str, nullable=True, required=False),
             "discount": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),

@@ -39,13 +39,13 @@ def connect(paths: Paths, memory_limit: str = "6GB", threads: int = 2) -> duckdb
     con.execute(f"SET threads = {threads}")
     spill = paths.data_dir / ".duckdb_tmp"
     con.execute(f"SET temp_directory = '{spill}'")
-    con.execute(f"CREATE VIEW transactions AS SELECT * FROM read_parquet('{tx_file}')")
+    con.execute(f"CREATE VIEW transactions AS SELECT * FROM {_with_columns(con, tx_file, _TRANSACTION_COLUMNS)}")
     events_file = paths.raw_table("events")
     source = f"read_parquet('{events_file}')" if events_file.exists() else f"({EMPTY_EVENTS})"
     con.execute(f"CREATE VIEW events AS SELECT customer_id, \"timestamp\", event_type FROM {source}")
     customers_file = paths.raw_table("customers")
     if customers_file.exists():
-        con.execute(f"CREATE VIEW customers AS SELECT * FROM {_with_profile_columns(con, customers_file)}")
+        con.execute(f"CREATE VIEW customers AS SELECT * FROM {_with_columns(con, customers_file, _PROFILE_COLUMNS)}")
     else:
         con.execute(
             "CREATE VIEW customers AS SELECT customer_id, min(\"timestamp\") AS signup_at, "
@@ -71,12 +71,24 @@ _PROFILE_COLUMNS = [
 ]
 
 
-def _with_profile_columns(con: duckdb.DuckDBPyConnection, customers_file: Path) -> str:
-    """The customers file with any optional profile column it lacks filled with NULL."""
-    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{customers_file}')").fetchall()}
-    extra = [f"NULL::{kind} AS {name}" for name, kind in _PROFILE_COLUMNS if name not in present]
+# Optional columns of the transaction log: a log may lack any of them (features reading them are NULL).
+_TRANSACTION_COLUMNS = [
+    ("order_id", "VARCHAR"),
+    ("product_id", "VARCHAR"),
+    ("quantity", "DOUBLE"),
+    ("unit_price", "DOUBLE"),
+    ("category", "VARCHAR"),
+    ("channel", "VARCHAR"),
+    ("discount", "DOUBLE"),
+]
+
+
+def _with_columns(con: duckdb.DuckDBPyConnection, file: Path, optional: list[tuple[str, str]]) -> str:
+    """``file`` with every optional column it lacks filled with NULL, so the SQL can name them all."""
+    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{file}')").fetchall()}
+    extra = [f"NULL::{kind} AS {name}" for name, kind in optional if name not in present]
     select = ", ".join(["*", *extra])
-    return f"(SELECT {select} FROM read_parquet('{customers_file}'))"
+    return f"(SELECT {select} FROM read_parquet('{file}'))"
 
 
 def read_sql(name: str) -> str:
