@@ -9,6 +9,8 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 RUN := $(VENV)/bin
 DATA ?= data
+# A data directory owns its MLflow store: mlflow/ for data/, $(DATA)/mlflow for any other.
+MLFLOW_DIR ?= $(if $(filter data data/ ./data,$(DATA)),mlflow,$(DATA)/mlflow)
 CUSTOMERS ?= 20000
 SEED ?= 42
 HISTORY_START ?= 2023-11-01
@@ -47,10 +49,10 @@ features: data ## Build feature snapshots, apply the Feast repo, write latest va
 	$(RUN)/indicators features --data-dir $(DATA)
 
 train: data ## The main job: data if none, features, tuned models, backtest, registry, summary
-	$(RUN)/indicators train --data-dir $(DATA) --trials $(TRIALS) --seed $(SEED)
+	$(RUN)/indicators train --data-dir $(DATA) --mlflow-dir $(MLFLOW_DIR) --trials $(TRIALS) --seed $(SEED)
 
 serve: setup ## Serve the endpoint on 127.0.0.1:$(PORT) (after make train)
-	INDICATORS_DATA_DIR=$(DATA) $(RUN)/bentoml serve serving.service:CustomerIndicators --host 127.0.0.1 --port $(PORT)
+	INDICATORS_DATA_DIR=$(DATA) INDICATORS_MLFLOW_DIR=$(MLFLOW_DIR) $(RUN)/bentoml serve serving.service:CustomerIndicators --host 127.0.0.1 --port $(PORT)
 
 test: setup ## Run the fast test suite (what CI runs)
 	$(RUN)/pytest -q
@@ -66,7 +68,7 @@ bench: setup ## Data/feature-store (100k, 1M) and serving benchmarks -> bench/re
 	$(MAKE) bench-serve
 
 bench-serve: setup ## Serving benchmark (/profile latency, throughput, in-process floor, batch) -> bench/serve_results.json
-	@test -f mlflow/mlflow.db || $(MAKE) train
+	@test -f $(MLFLOW_DIR)/mlflow.db || $(MAKE) train
 	$(RUN)/python -m bench.serve --data-dir $(DATA) --out bench/serve_results.json
 
 bench-train: setup ## Training benchmark at 100k customers -> bench/train_results.json
@@ -76,10 +78,10 @@ lint: setup ## Ruff lint
 	$(RUN)/ruff check .
 
 report: setup ## Print where the latest training report (HTML) is
-	@$(RUN)/indicators report
+	@$(RUN)/indicators report --data-dir $(DATA)
 
 mlflow-ui: setup ## Open the MLflow UI on http://127.0.0.1:5000 (local store)
-	$(RUN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --host 127.0.0.1 --port 5000
+	$(RUN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 feast-ui: setup ## Open the Feast UI on http://127.0.0.1:8888 (after make train; works offline)
 	cd feature_repo && ../$(RUN)/feast ui --host 127.0.0.1 --port 8888

@@ -4,7 +4,8 @@ Features are read as of the end of the data (Feast, point in time), so the endpo
 batch give the same scores for the same customer and feature time. Results go to Parquet and
 to the ``customer_predictions`` feature view, written online, so one profile lookup returns
 features and indicators together. Customers without profiling consent are not scored, and
-what an earlier run stored online for them is cleared.
+what an earlier run stored online for them is cleared. Customers with no consent record are
+scored or not by ``config.scoring.unknown_consent`` (default: scored).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from serving.consent import may_score, unrecorded
 from serving.scoring import Champions, value_tiers, value_tiers_of
 from training.config import Config
 from training.dataset import features_at
@@ -28,7 +30,8 @@ from training.features.snapshots import data_end
 @dataclass(frozen=True)
 class ScoreSummary:
     scored: int
-    skipped_without_consent: int
+    skipped_without_consent: int  # refused profiling, or no record under the "skip" policy
+    without_consent_record: int  # of everyone: no consent value at all (scored or not by the policy)
     parquet: Path
     scored_at: datetime
     seconds: dict[str, float]  # per stage: load, features, scoring, parquet, online_write
@@ -38,11 +41,11 @@ PREDICTIONS_VIEW = "customer_predictions"
 
 
 class NothingToScore(RuntimeError):
-    """No customer has profiling consent (what earlier runs stored is then left as it was)."""
+    """No customer may be scored (what earlier runs stored is then left as it was)."""
 
 
 def score_all(config: Config, slice_size: int = 250_000) -> ScoreSummary:
-    """Score every consenting customer; write Parquet, then the online store.
+    """Score every customer who may be scored; write Parquet, then the online store.
 
     Stages run one after another. Writing each slice online on a second thread while the next
     was scored gained nothing on 1M customers (318 s against 313 s): the writer's Python work
@@ -57,10 +60,17 @@ def score_all(config: Config, slice_size: int = 250_000) -> ScoreSummary:
     feature_store.apply(store, paths)  # registers customer_predictions if this repo predates it
     as_of = data_end(paths)
     profile = pd.read_parquet(paths.features / "customer_profile.parquet", columns=["customer_id", "profiling_consent"])
-    consent = profile["profiling_consent"].fillna(False).astype(bool)
+    values = profile["profiling_consent"].tolist()
+    consent = pd.Series(may_score(values, config.scoring.unknown_consent), index=profile.index)
+    no_record = int(unrecorded(values).sum())
     ids = profile.loc[consent, "customer_id"].sort_values().to_numpy()
     if not len(ids):
-        raise NothingToScore(f"no customer in {paths.features / 'customer_profile.parquet'} has profiling consent: nothing to score")
+        raise NothingToScore(
+            f"nobody to score among {len(profile):,} customers: {len(profile) - no_record:,} refused profiling and "
+            f"{no_record:,} have no consent record, which the policy unknown_consent="
+            f"{config.scoring.unknown_consent!r} leaves out (INDICATORS_UNKNOWN_CONSENT=score or "
+            "`indicators score --unknown-consent score` scores them)"
+        )
     seconds["load"] = time.perf_counter() - clock
     tables = []
     seconds["features"] = seconds["scoring"] = 0.0
@@ -92,7 +102,7 @@ def score_all(config: Config, slice_size: int = 250_000) -> ScoreSummary:
     online_rows = with_cleared(scores.assign(scored_at=written_at), profile.loc[~consent, "customer_id"], written_at)
     feature_store.write_online(store, PREDICTIONS_VIEW, online_rows)
     seconds["online_write"] = time.perf_counter() - clock
-    return ScoreSummary(len(scores), int((~consent).sum()), target, as_of, seconds)
+    return ScoreSummary(len(scores), int((~consent).sum()), no_record, target, as_of, seconds)
 
 
 def prediction_rows(table: pd.DataFrame, versions: dict[str, str], scored_at: datetime) -> pd.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -15,10 +16,10 @@ from rich.table import Table
 
 from training.config import (
     DEFAULT_EXPERIMENT,
-    PROJECT_ROOT,
-    Config,
     ConfigError,
+    ScoringSettings,
     SnapshotPlan,
+    config_from_env,
     load_experiment,
     parse_overrides,
     with_experiment,
@@ -34,10 +35,19 @@ app = typer.Typer(
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 DataDir = Annotated[
-    Path,
-    typer.Option("--data-dir", help="Root of the working data (raw/, quarantine/, features/, feast/)."),
+    Path | None,
+    typer.Option(
+        "--data-dir", envvar="INDICATORS_DATA_DIR", show_default="data/",
+        help="Root of the working data (raw/, quarantine/, features/, feast/).",
+    ),
 ]
-DEFAULT_DATA = PROJECT_ROOT / "data"
+MlflowDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--mlflow-dir", envvar="INDICATORS_MLFLOW_DIR", show_default="mlflow/ for data/, else <data-dir>/mlflow",
+        help="Local MLflow store (mlflow.db, artifacts/, reports/); a data directory owns one unless given.",
+    ),
+]
 
 
 def _progress() -> Progress:
@@ -60,21 +70,41 @@ def _fail(message: str) -> None:
 def generate(
     customers: Annotated[int, typer.Option(min=1, help="Number of customers to generate.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical files.")] = 42,
-    out: Annotated[Path, typer.Option(help="Data root: writes raw/ and truth/ below it.")] = DEFAULT_DATA,
+    out: Annotated[
+        Path | None,
+        typer.Option(envvar="INDICATORS_DATA_DIR", show_default="data/", help="Data root: writes raw/ and truth/ below it."),
+    ] = None,
     start: Annotated[
         datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the history (UTC).")
     ] = datetime(2024, 11, 1),
     days: Annotated[int, typer.Option(min=30, help="Length of the history in days.")] = 730,
+    line_items: Annotated[
+        bool, typer.Option(help="Write one row per product of an order (product_id, quantity, unit_price).")
+    ] = False,
+    omit: Annotated[
+        list[str],
+        typer.Option("--omit", help="Leave out an optional transaction column, e.g. --omit discount (repeatable)."),
+    ] = [],  # noqa: B006 - typer needs a literal default
+    transactions_only: Annotated[
+        bool, typer.Option(help="Write only the transaction log (no customers or events table), like a shop export.")
+    ] = False,
 ) -> None:
     """Generate synthetic customers, transactions and behaviour from a latent BTYD process."""
     from training.data.generate import GenerationSpec
     from training.data.generate import generate as run_generation
 
-    spec = GenerationSpec(customers=customers, seed=seed, start=start.date(), days=days)
+    out = config_from_env(out).data_dir
+    spec = GenerationSpec(
+        customers=customers, seed=seed, start=start.date(), days=days,
+        line_items=line_items, omit_columns=tuple(omit), transactions_only=transactions_only,
+    )
     began = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("generating customers", total=customers)
-        summary = run_generation(spec, out, on_chunk=lambda n: progress.advance(task, n))
+        try:
+            summary = run_generation(spec, out, on_chunk=lambda n: progress.advance(task, n))
+        except ValueError as error:
+            _fail(str(error))
     console.print(
         f"{summary.customers:,} customers, {summary.transactions:,} transactions, "
         f"{summary.events:,} events from {summary.start:%Y-%m-%d} to {summary.end:%Y-%m-%d} "
@@ -126,7 +156,7 @@ def ingest(
         datetime | None,
         typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="Rows after this are 'future' (default: now, UTC)."),
     ] = None,
-    data_dir: DataDir = DEFAULT_DATA,
+    data_dir: DataDir = None,
 ) -> None:
     """Import real data into the canonical tables; bad rows go to quarantine/ with a reason."""
     from training.data.ingest import ImportOptions, IngestError
@@ -148,7 +178,7 @@ def ingest(
         cancelled_prefix=cancelled_prefix,
         as_of=as_of,
     )
-    config = Config(data_dir=data_dir)
+    config = config_from_env(data_dir)
     try:
         reports = run_ingest(config.paths, sources, options)
     except IngestError as error:
@@ -191,7 +221,7 @@ def _print_books(books) -> None:
 
 @app.command()
 def features(
-    data_dir: DataDir = DEFAULT_DATA,
+    data_dir: DataDir = None,
     months: Annotated[int, typer.Option(min=0, help="Monthly snapshots going back from the latest date.")] = 12,
     step_days: Annotated[int, typer.Option(min=1, help="Days between snapshot dates.")] = 30,
     as_of: Annotated[
@@ -204,7 +234,7 @@ def features(
     from training.features import store as feature_store
     from training.features.snapshots import build_snapshots, data_end
 
-    config = Config(data_dir=data_dir, snapshots=SnapshotPlan(months=months, step_days=step_days))
+    config = config_from_env(data_dir, snapshots=SnapshotPlan(months=months, step_days=step_days))
     paths = config.paths
     try:
         latest = as_of if as_of is not None else data_end(paths)
@@ -235,7 +265,7 @@ def features(
 
 @app.command()
 def train(
-    data_dir: DataDir = DEFAULT_DATA,
+    data_dir: DataDir = None,
     config_file: Annotated[
         Path, typer.Option("--config", help="Experiment config (YAML): horizons, windows, budgets, seeds.")
     ] = DEFAULT_EXPERIMENT,
@@ -247,7 +277,7 @@ def train(
     ] = None,
     trials: Annotated[int | None, typer.Option(min=1, help="Shortcut for --set models.trials=N.")] = None,
     seed: Annotated[int | None, typer.Option(help="Shortcut for --set seed=N.")] = None,
-    mlflow_dir: Annotated[Path, typer.Option(help="Local MLflow store (mlflow.db and artifacts/).")] = PROJECT_ROOT / "mlflow",
+    mlflow_dir: MlflowDir = None,
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI (default: sqlite:///<mlflow-dir>/mlflow.db).")
     ] = None,
@@ -263,7 +293,7 @@ def train(
     from training.tracking import logged_experiment
     from training.windows import HistoryTooShort
 
-    base = Config(data_dir=data_dir, mlflow_dir=mlflow_dir, tracking_uri=tracking_uri)
+    base = config_from_env(data_dir, mlflow_dir, tracking_uri=tracking_uri)
     shortcuts = [f"models.trials={trials}"] * (trials is not None) + [f"seed={seed}"] * (seed is not None)
     try:
         experiment = logged_experiment(base, from_run) if from_run else load_experiment(config_file)
@@ -332,8 +362,15 @@ def backtest(
 
 @app.command()
 def score(
-    data_dir: DataDir = DEFAULT_DATA,
-    mlflow_dir: Annotated[Path, typer.Option(help="Local MLflow store (mlflow.db and artifacts/).")] = PROJECT_ROOT / "mlflow",
+    data_dir: DataDir = None,
+    mlflow_dir: MlflowDir = None,
+    unknown_consent: Annotated[
+        str | None,
+        typer.Option(
+            envvar="INDICATORS_UNKNOWN_CONSENT", show_default="score",
+            help="Customers with no consent record: 'score' or 'skip' (a recorded refusal is never scored).",
+        ),
+    ] = None,
 ) -> None:
     """Score every consenting customer with the champions; write Parquet and the online store."""
     from serving.batch import NothingToScore, score_all
@@ -341,12 +378,16 @@ def score(
 
     began = time.perf_counter()
     try:
-        summary = score_all(Config(data_dir=data_dir, mlflow_dir=mlflow_dir))
-    except (ChampionMissing, FileNotFoundError, NothingToScore) as error:
+        config = config_from_env(data_dir, mlflow_dir)
+        if unknown_consent is not None:
+            config = replace(config, scoring=ScoringSettings(unknown_consent=unknown_consent))
+        summary = score_all(config)
+    except (ChampionMissing, FileNotFoundError, NothingToScore, ConfigError) as error:
         _fail(str(error))
     console.print(
         f"{summary.scored:,} customers scored as of {summary.scored_at:%Y-%m-%d} "
-        f"({summary.skipped_without_consent:,} without profiling consent, not scored) "
+        f"({summary.skipped_without_consent:,} not scored for consent; {summary.without_consent_record:,} had no "
+        f"consent record, {'scored' if config.scoring.unknown_consent == 'score' else 'not scored'} by policy) "
         f"in {time.perf_counter() - began:.1f}s -> {summary.parquet} and the online store "
         f"(stages: {', '.join(f'{k} {v:.1f}s' for k, v in summary.seconds.items())})"
     )
@@ -354,14 +395,16 @@ def score(
 
 @app.command()
 def report(
-    mlflow_dir: Annotated[Path, typer.Option(help="Local MLflow store (mlflow.db and artifacts/).")] = PROJECT_ROOT / "mlflow",
+    data_dir: DataDir = None,
+    mlflow_dir: MlflowDir = None,
 ) -> None:
     """Print where the latest training report is (one HTML page per `indicators train`)."""
     from training.report import latest_report, reports_dir
 
-    latest = latest_report(Config(mlflow_dir=mlflow_dir))
+    config = config_from_env(data_dir, mlflow_dir)
+    latest = latest_report(config)
     if latest is None:
-        _fail(f"no report in {reports_dir(Config(mlflow_dir=mlflow_dir))}: run `make train` first")
+        _fail(f"no report in {reports_dir(config)}: run `make train` first")
     runs = sorted(latest.parent.glob("train-*.html"))
     typer.echo(latest.resolve())
     console.print(

@@ -105,38 +105,84 @@ class ModelSettings:
     max_customers: int = 100_000
 
 
+CONSENT_POLICIES = ("score", "skip")
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """Who may be scored. A recorded refusal of profiling is never scored; a customer with no
+    consent record (a transaction-only import has none) is scored under ``unknown_consent``
+    "score" (the default) and left out under "skip"."""
+
+    unknown_consent: str = "score"
+
+    def __post_init__(self) -> None:
+        if self.unknown_consent not in CONSENT_POLICIES:
+            raise ConfigError(f"unknown_consent must be one of {CONSENT_POLICIES}, got {self.unknown_consent!r}")
+
+
+DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
+DEFAULT_MLFLOW_DIR = PROJECT_ROOT / "mlflow"
+
+
+def owned_mlflow_dir(data_dir: Path) -> Path:
+    """The MLflow store a data directory owns: the repository's ``mlflow/`` for the default
+    ``data/``, ``<data_dir>/mlflow`` for any other, so champions trained on one data set are
+    never served with another's features."""
+    if Path(data_dir).resolve() == DEFAULT_DATA_DIR.resolve():
+        return DEFAULT_MLFLOW_DIR
+    return Path(data_dir) / "mlflow"
+
+
 @dataclass(frozen=True)
 class Config:
-    data_dir: Path = PROJECT_ROOT / "data"
+    data_dir: Path = DEFAULT_DATA_DIR
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
-    mlflow_dir: Path = PROJECT_ROOT / "mlflow"
-    tracking_uri: str | None = None  # default: sqlite:///<mlflow_dir>/mlflow.db
+    mlflow_dir: Path | None = None  # default: the store the data directory owns (owned_mlflow_dir)
+    tracking_uri: str | None = None  # default: sqlite:///<mlflow store>/mlflow.db
     snapshots: SnapshotPlan = field(default_factory=SnapshotPlan)
     feast: FeastSettings = field(default_factory=FeastSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
     seed: int = 42
 
     @property
+    def mlflow_store(self) -> Path:
+        """The local MLflow directory (mlflow.db, artifacts/, reports/)."""
+        return Path(self.mlflow_dir if self.mlflow_dir is not None else owned_mlflow_dir(self.data_dir)).resolve()
+
+    @property
     def mlflow_tracking_uri(self) -> str:
-        return self.tracking_uri or f"sqlite:///{Path(self.mlflow_dir).resolve() / 'mlflow.db'}"
+        return self.tracking_uri or f"sqlite:///{self.mlflow_store / 'mlflow.db'}"
 
     @property
     def mlflow_artifacts(self) -> Path:
-        return Path(self.mlflow_dir).resolve() / "artifacts"
+        return self.mlflow_store / "artifacts"
 
     @property
     def paths(self) -> Paths:
         return Paths(Path(self.data_dir).resolve())
 
 
-def config_from_env() -> Config:
-    """The config of a process that takes no arguments (the endpoint, notebooks).
+def config_from_env(
+    data_dir: Path | None = None,
+    mlflow_dir: Path | None = None,
+    environ: dict[str, str] | None = None,
+    **settings: Any,
+) -> Config:
+    """The config every command and the endpoint start from: options, then the environment.
 
-    ``INDICATORS_DATA_DIR`` (default ``data/``) and ``INDICATORS_MLFLOW_DIR`` (default ``mlflow/``).
+    ``data_dir`` / ``mlflow_dir`` (command-line options) win over ``INDICATORS_DATA_DIR`` /
+    ``INDICATORS_MLFLOW_DIR``; without either, the data directory is ``data/`` and the MLflow
+    store the one it owns (``owned_mlflow_dir``). ``INDICATORS_UNKNOWN_CONSENT`` sets the
+    consent policy. ``settings`` are further ``Config`` fields (tracking_uri, models, ...).
     """
+    env = os.environ if environ is None else environ
+    data = data_dir if data_dir is not None else Path(env.get("INDICATORS_DATA_DIR") or DEFAULT_DATA_DIR)
+    mlflow_store = mlflow_dir if mlflow_dir is not None else env.get("INDICATORS_MLFLOW_DIR") or None
+    scoring = ScoringSettings(unknown_consent=env.get("INDICATORS_UNKNOWN_CONSENT") or "score")
     return Config(
-        data_dir=Path(os.environ.get("INDICATORS_DATA_DIR", PROJECT_ROOT / "data")),
-        mlflow_dir=Path(os.environ.get("INDICATORS_MLFLOW_DIR", PROJECT_ROOT / "mlflow")),
+        data_dir=Path(data), mlflow_dir=Path(mlflow_store) if mlflow_store else None, **{"scoring": scoring, **settings}
     )
 
 

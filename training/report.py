@@ -38,7 +38,7 @@ pre { background: #f5f7fa; padding: 1rem; overflow-x: auto; }
 
 
 def reports_dir(config: Config) -> Path:
-    return Path(config.mlflow_dir).resolve() / "reports"
+    return config.mlflow_store / "reports"
 
 
 def build_report(config: Config, result, started_at: datetime | None = None) -> Path:

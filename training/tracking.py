@@ -32,7 +32,7 @@ CONFIG_ARTIFACT = "config.yaml"  # the resolved experiment config of the run
 def setup_tracking(config: Config) -> MlflowClient:
     """Point MLflow at the configured store (SQLite by default) with telemetry off."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    Path(config.mlflow_dir).mkdir(parents=True, exist_ok=True)
+    config.mlflow_store.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(config.mlflow_tracking_uri)
     mlflow.set_registry_uri(config.mlflow_tracking_uri)
     return MlflowClient(config.mlflow_tracking_uri)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pandas as pd
 import pytest
 
 from training.data import generate as gen
-from training.data.schemas import SCHEMAS
+from training.data.generate import GenerationSpec, generate
+from training.data.schemas import OPTIONAL_COLUMNS, SCHEMAS
 
 FILES = ["raw/customers.parquet", "raw/transactions.parquet", "raw/events.parquet", "truth/latent.parquet"]
 
@@ -117,3 +119,26 @@ def test_email_engagement_is_consistent(tables: dict[str, pd.DataFrame]) -> None
     sends = events[events["event_type"] == "email_send"]
     later = sends["timestamp"].to_numpy() > unsub.reindex(sends["customer_id"]).to_numpy()
     assert not later.any(), "no e-mail is sent after an unsubscribe"
+
+
+def test_export_shapes_line_items_and_missing_columns(tmp_path: Path) -> None:
+    """The generator writes what real shops export: line items, a bare log, no customer table;
+    the same customers buy the same days whatever the shape."""
+    base = GenerationSpec(customers=300, seed=3)
+    generate(base, tmp_path / "full")
+    generate(replace(base, line_items=True, omit_columns=("discount", "channel")), tmp_path / "lines")
+    generate(replace(base, transactions_only=True, omit_columns=tuple(OPTIONAL_COLUMNS["transactions"])), tmp_path / "bare")
+    full = pd.read_parquet(tmp_path / "full/raw/transactions.parquet")
+    lines = pd.read_parquet(tmp_path / "lines/raw/transactions.parquet")
+    bare = pd.read_parquet(tmp_path / "bare/raw/transactions.parquet")
+    assert list(bare.columns) == ["customer_id", "timestamp", "amount"]
+    assert not (tmp_path / "bare/raw/customers.parquet").exists() and not (tmp_path / "bare/raw/events.parquet").exists()
+    assert {"product_id", "unit_price"} <= set(lines.columns) and not {"discount", "channel"} & set(lines.columns)
+    assert lines["order_id"].duplicated().any()  # several lines per order
+    np.testing.assert_allclose(lines["amount"], lines["quantity"] * lines["unit_price"], atol=0.006)
+    assert ((lines["amount"] < 0) == (lines["quantity"] < 0)).all()
+    orders = lines.groupby("order_id")["amount"].sum()
+    gap = np.abs(orders.reindex(full["order_id"]).to_numpy() - full["amount"].to_numpy())
+    assert (gap <= 0.05 + 0.01 * full["amount"].abs().to_numpy()).all()
+    pd.testing.assert_frame_equal(bare, full[["customer_id", "timestamp", "amount"]])
+    SCHEMAS["transactions"].validate(lines)

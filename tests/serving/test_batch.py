@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import datetime
 
 import numpy as np
@@ -11,8 +12,9 @@ import pytest
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
-from serving.batch import score_all
+from serving.batch import NothingToScore, score_all
 from serving.scoring import Champions, value_tiers, value_tiers_of
+from training.config import ScoringSettings
 from training.dataset import features_at
 from training.features import store as feature_store
 
@@ -98,6 +100,33 @@ def test_withdrawn_consent_clears_the_stored_indicators(trained) -> None:
     assert stored() == {"customer_id": [withdrawing], "p_churn": [None], "value_tier": [None]}
     # Each run's rows are newer than the last (Redis keeps a row only when it is newer).
     assert written_at() > first_write
+
+
+def test_customers_without_a_consent_record_are_scored_by_the_stated_policy(trained) -> None:
+    """A transaction-only import has no consent column: by default those customers are scored;
+    under "skip" they are not, and with nobody left the error says why. A refusal never is."""
+    config, _ = trained
+    profile_file = config.paths.features / "customer_profile.parquet"
+    original = pd.read_parquet(profile_file)
+    refused = set(original.loc[original["profiling_consent"] == False, "customer_id"])  # noqa: E712
+    unknown = original["customer_id"].isin(original["customer_id"].iloc[:300]) & (original["profiling_consent"] == True)  # noqa: E712
+    try:
+        original.assign(profiling_consent=original["profiling_consent"].mask(unknown, None)).to_parquet(profile_file)
+        by_default = score_all(config)
+        default_ids = set(pd.read_parquet(by_default.parquet)["customer_id"])
+        skipping = score_all(replace(config, scoring=ScoringSettings(unknown_consent="skip")))
+        skip_ids = set(pd.read_parquet(skipping.parquet)["customer_id"])
+        original.assign(profiling_consent=None).to_parquet(profile_file)
+        with pytest.raises(NothingToScore, match="no consent record.*unknown_consent='skip'"):
+            score_all(replace(config, scoring=ScoringSettings(unknown_consent="skip")))
+        everyone = score_all(config)
+    finally:
+        original.to_parquet(profile_file)
+    unknown_ids = set(original.loc[unknown, "customer_id"])
+    assert unknown_ids and unknown_ids <= default_ids and not unknown_ids & skip_ids
+    assert not refused & (default_ids | skip_ids)
+    assert by_default.without_consent_record == len(unknown_ids) == skipping.skipped_without_consent - len(refused)
+    assert everyone.scored == len(original)
 
 
 @pytest.mark.services

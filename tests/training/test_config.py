@@ -50,3 +50,41 @@ def test_every_run_logs_its_config_and_can_be_replayed(trained) -> None:
     assert replayed == config
     with pytest.raises(ConfigError, match="no run"):
         tracking.logged_experiment(config, "0" * 32)
+
+
+def test_a_data_directory_owns_its_mlflow_store_unless_one_is_given(tmp_path) -> None:
+    from training.config import DEFAULT_MLFLOW_DIR, config_from_env
+
+    assert config_from_env(environ={}).mlflow_store == DEFAULT_MLFLOW_DIR.resolve()
+    other = config_from_env(tmp_path / "shop", environ={})
+    assert other.mlflow_store == (tmp_path / "shop" / "mlflow").resolve()
+    assert other.mlflow_tracking_uri == f"sqlite:///{(tmp_path / 'shop' / 'mlflow' / 'mlflow.db').resolve()}"
+    from_env = config_from_env(environ={"INDICATORS_DATA_DIR": str(tmp_path / "env")})
+    assert from_env.paths.data_dir == (tmp_path / "env").resolve()
+    assert from_env.mlflow_store == (tmp_path / "env" / "mlflow").resolve()
+    explicit = config_from_env(tmp_path / "shop", environ={"INDICATORS_MLFLOW_DIR": str(tmp_path / "models")})
+    assert explicit.mlflow_store == (tmp_path / "models").resolve()
+    # options win over the environment
+    assert config_from_env(tmp_path / "a", tmp_path / "m", environ={"INDICATORS_DATA_DIR": "x", "INDICATORS_MLFLOW_DIR": "y"}).mlflow_store == (tmp_path / "m").resolve()
+
+
+def test_every_command_honours_the_data_directory_of_the_environment(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    monkeypatch.setenv("INDICATORS_DATA_DIR", str(tmp_path / "shop"))
+    monkeypatch.delenv("INDICATORS_MLFLOW_DIR", raising=False)
+    result = CliRunner().invoke(app, ["report"])
+    assert result.exit_code == 2 and str(tmp_path / "shop" / "mlflow" / "reports") in result.output.replace("\n", "")
+    result = CliRunner().invoke(app, ["features"])
+    assert result.exit_code == 2 and str(tmp_path / "shop") in result.output.replace("\n", "")
+
+
+def test_the_consent_policy_is_checked() -> None:
+    from training.config import ConfigError, ScoringSettings, config_from_env
+
+    assert config_from_env(environ={}).scoring.unknown_consent == "score"
+    assert config_from_env(environ={"INDICATORS_UNKNOWN_CONSENT": "skip"}).scoring.unknown_consent == "skip"
+    with pytest.raises(ConfigError, match="unknown_consent"):
+        ScoringSettings(unknown_consent="maybe")

@@ -53,12 +53,21 @@ FADE_DAYS = 60.0
 
 @dataclass(frozen=True)
 class GenerationSpec:
-    """What to generate. ``start`` + ``days`` is the observed history."""
+    """What to generate. ``start`` + ``days`` is the observed history.
+
+    The export shape mimics what real shops hand over: ``line_items`` writes one row per
+    product of an order (``product_id``, ``quantity``, ``unit_price``, several rows sharing an
+    ``order_id``); ``omit_columns`` drops optional transaction columns; ``transactions_only``
+    writes no customers or events table. The customers' behaviour is the same whatever the shape.
+    """
 
     customers: int
     seed: int = 42
     start: date = date(2024, 11, 1)
     days: int = 730
+    line_items: bool = False
+    omit_columns: tuple[str, ...] = ()
+    transactions_only: bool = False
 
     @property
     def start_ts(self) -> datetime:
@@ -327,6 +336,53 @@ def generate_chunk(spec: GenerationSpec, chunk_index: int, first_index: int, siz
     return {"customers": customers, "transactions": transactions, "events": events, "latent": truth}
 
 
+def export_shape(spec: GenerationSpec, tables: dict[str, pa.Table], chunk_index: int) -> dict[str, pa.Table]:
+    """The chunk's tables in the export shape of ``spec`` (its own random stream: the shape
+    never changes what the customers do)."""
+    from training.data.schemas import OPTIONAL_COLUMNS
+
+    unknown = set(spec.omit_columns) - set(OPTIONAL_COLUMNS["transactions"])
+    if unknown:
+        raise ValueError(f"cannot omit {sorted(unknown)}: optional transaction columns are {OPTIONAL_COLUMNS['transactions']}")
+    shaped = dict(tables)
+    if spec.line_items:
+        rng = np.random.default_rng(np.random.SeedSequence([spec.seed, chunk_index, 1]))
+        shaped["transactions"] = _as_line_items(rng, tables["transactions"])
+    shaped["transactions"] = shaped["transactions"].drop_columns(
+        [c for c in spec.omit_columns if c in shaped["transactions"].column_names]
+    )
+    if spec.transactions_only:
+        del shaped["customers"], shaped["events"]
+    return shaped
+
+
+def _as_line_items(rng: np.random.Generator, transactions: pa.Table) -> pa.Table:
+    """Each purchase split into 1-4 product lines of one order (quantity x unit price); a
+    refund stays one line. Line amounts are rounded to the cent, so an order's total may
+    move by a few cents."""
+    amount = transactions.column("amount").to_numpy()
+    bought = amount > 0
+    lines = np.where(bought, 1 + np.minimum(rng.poisson(0.9, amount.size), 3), 1)
+    row = np.repeat(np.arange(amount.size), lines)
+    share = rng.gamma(2.0, 1.0, row.size)
+    share /= np.bincount(row, weights=share)[row]
+    quantity = np.where(bought[row], 1 + rng.poisson(0.5, row.size), np.abs(transactions.column("quantity").to_numpy()[row]))
+    unit_price = np.maximum(np.round(np.abs(amount[row]) * share / quantity, 2), 0.01)
+    sign = np.where(bought[row], 1.0, -1.0)
+    lines_table = transactions.take(pa.array(row))
+    category = np.asarray(lines_table.column("category").to_pylist(), dtype=object).astype(str)
+    product = np.char.add(np.char.add(category, "-"), rng.integers(100, 999, row.size).astype(str))
+    replaced = {
+        "amount": pa.array(np.round(sign * quantity * unit_price, 2)),
+        "quantity": pa.array(sign * quantity),
+        "discount": pa.array(np.round(lines_table.column("discount").to_numpy() * share, 2) + 0.0),
+    }
+    for name, values in replaced.items():
+        lines_table = lines_table.set_column(lines_table.schema.get_field_index(name), name, values)
+    lines_table = lines_table.append_column("product_id", pa.array(product.astype(object), type=pa.string()))
+    return lines_table.append_column("unit_price", pa.array(unit_price))
+
+
 def _email_schedule(
     rng: np.random.Generator, consent: np.ndarray, signup_day: np.ndarray, horizon: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -371,7 +427,7 @@ def generate(
     try:
         for chunk_index, first in enumerate(range(0, spec.customers, CHUNK_SIZE)):
             size = min(CHUNK_SIZE, spec.customers - first)
-            tables = generate_chunk(spec, chunk_index, first, size)
+            tables = export_shape(spec, generate_chunk(spec, chunk_index, first, size), chunk_index)
             for name, table in tables.items():
                 if name not in writers:
                     writers[name] = pq.ParquetWriter(
@@ -385,8 +441,11 @@ def generate(
     finally:
         for writer in writers.values():
             writer.close()
-    for target in targets.values():
-        _partial(target).replace(target)
+    for name, target in targets.items():
+        if name in writers:
+            _partial(target).replace(target)
+        else:
+            target.unlink(missing_ok=True)  # a shape without this table: no stale one from an earlier run
     return GenerationSummary(
         customers=spec.customers,
         transactions=counts["transactions"],
