@@ -61,6 +61,35 @@ def feature_world(generated_dir: Path) -> FeatureWorld:
 TRAINED_CUSTOMERS = 1_500
 
 
+# The trained world comes in as a shop's export would: invoice lines in a CSV with its own
+# column names, imported by `indicators ingest` (the other tables as CSV too).
+EXPORT_COLUMNS = {
+    "customer_id": "CustomerID", "timestamp": "InvoiceDate", "order_id": "InvoiceNo", "product_id": "StockCode",
+    "quantity": "Quantity", "unit_price": "UnitPrice", "category": "Category", "channel": "Channel",
+    "discount": "Discount",
+}
+
+
+def import_export(generated: Path, root: Path) -> list:
+    """Write ``generated``'s raw tables as CSV exports (line items without an amount column)
+    and import them into ``root`` with ``indicators ingest``'s function."""
+    import pandas as pd
+
+    from training.config import Paths
+    from training.data.ingest import ImportOptions, ingest
+
+    exports = {}
+    for table in ("transactions", "events", "customers"):
+        frame = pd.read_parquet(generated / "raw" / f"{table}.parquet")
+        if table == "transactions":
+            frame = frame.drop(columns="amount").rename(columns=EXPORT_COLUMNS)
+        exports[table] = root / "export" / f"{table}.csv"
+        exports[table].parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(exports[table], index=False)
+    options = ImportOptions(columns=EXPORT_COLUMNS, as_of=datetime(2100, 1, 1))
+    return ingest(Paths(root), exports, options)
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory):
     from training.config import Config, ModelSettings
@@ -68,7 +97,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     from training.pipeline import run_training
 
     root = tmp_path_factory.mktemp("trained")
-    generate(GenerationSpec(customers=TRAINED_CUSTOMERS, seed=5, start=date(2023, 11, 1), days=1095), root)
+    generated = tmp_path_factory.mktemp("trained-export")
+    spec = GenerationSpec(customers=TRAINED_CUSTOMERS, seed=5, start=date(2023, 11, 1), days=1095, line_items=True)
+    generate(spec, generated)
+    import_export(generated, root)
+    (root / "truth").symlink_to(generated / "truth")  # the oracle baseline of generated data
     config = Config(
         data_dir=root,
         mlflow_dir=root / "mlflow",

@@ -342,13 +342,13 @@ def backtest(
     seed: Annotated[int, typer.Option(help="Seed of the models.")] = 42,
 ) -> None:
     """Predict every customer's indicators for a horizon, trained only on data up to the cutoff."""
-    from training.backtest import BacktestError, horizon_note, read_log, run_backtest
+    from training.backtest import BacktestError, choice_note, read_log, run_backtest
     from training.data.ingest import ImportOptions, IngestError
 
     began = time.perf_counter()
     try:
         log, bad_rows = read_log(transactions, cutoff, ImportOptions(columns=_parse_mapping(column), date_format=date_format))
-        predictions, schedule = run_backtest(log, cutoff, horizon_days, seed=seed)
+        predictions, choice = run_backtest(log, cutoff, horizon_days, seed=seed)
     except (IngestError, BacktestError) as error:
         _fail(str(error))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -356,7 +356,7 @@ def backtest(
     if bad_rows:
         console.print(f"{bad_rows:,} unusable rows were skipped (see `indicators ingest` for the reasons)")
     console.print(
-        f"{len(predictions):,} customers -> {out} in {time.perf_counter() - began:.1f}s; {horizon_note(schedule)}"
+        f"{len(predictions):,} customers -> {out} in {time.perf_counter() - began:.1f}s; {choice_note(choice)}"
     )
 
 

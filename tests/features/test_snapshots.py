@@ -127,3 +127,55 @@ def test_two_builds_of_the_same_data_are_identical(generated_dir: Path, tmp_path
         keys = [c for c in ("customer_id", "snapshot_at") if c in first.columns]
         first, second = (f.sort_values(keys).reset_index(drop=True) for f in (first, second))
         pd.testing.assert_frame_equal(first, second, check_exact=True)
+
+
+def _snapshot_of(tmp_path: Path, transactions: pd.DataFrame) -> pd.DataFrame:
+    paths = Paths(tmp_path)
+    paths.raw.mkdir(parents=True, exist_ok=True)
+    transactions = transactions.assign(timestamp=pd.to_datetime(transactions["timestamp"], utc=True))
+    transactions.to_parquet(paths.raw_table("transactions"), index=False)
+    build_snapshots(paths, [CUTOFF])
+    return pd.read_parquet(paths.features / "customer_transactions.parquet").set_index("customer_id")
+
+
+def test_the_lines_of_an_order_are_one_order(tmp_path: Path) -> None:
+    lines = pd.DataFrame(
+        [
+            ("a", "2025-05-01 10:00", 6 * 2.5, "1001", "X", 6.0, 2.5, "home"),
+            ("a", "2025-05-01 10:00", 2 * 10.0, "1001", "Y", 2.0, 10.0, "apparel"),
+            ("a", "2025-05-01 10:00", 1 * 4.0, "1001", "Z", 1.0, 4.0, "home"),
+            ("a", "2025-06-01 10:00", -10.0, "C1002", "Y", -1.0, 10.0, "apparel"),  # a cancellation
+            ("a", "2025-06-10 10:00", 5.0, "1003", "Z", 1.0, 5.0, "home"),
+        ],
+        columns=["customer_id", "timestamp", "amount", "order_id", "product_id", "quantity", "unit_price", "category"],
+    )
+    a = _snapshot_of(tmp_path, lines).loc["a"]
+    assert a["orders_total"] == 2 and a["purchase_days_total"] == 2
+    assert a["avg_order_value"] == pytest.approx((39.0 + 5.0) / 2)  # per order, not per line
+    assert a["max_order_value"] == pytest.approx(39.0)
+    assert a["revenue_total"] == pytest.approx(39.0 - 10.0 + 5.0)
+    assert a["refund_rate"] == pytest.approx(1 / 2)
+    assert a["share_home"] == pytest.approx(3 / 4)  # of purchase lines: an order spans categories
+
+
+@pytest.mark.parametrize("missing", ["order_id", "product_id", "quantity", "unit_price", "category", "channel", "discount", "all"])
+def test_any_optional_column_may_be_missing(tmp_path: Path, missing: str) -> None:
+    """Features that need a missing column are null; the others are what the full log gives."""
+    from training.data.schemas import OPTIONAL_COLUMNS
+
+    full = pd.DataFrame(
+        [
+            ("a", "2025-05-01 10:00", 20.0, "o1", "X", 2.0, 10.0, "home", "web", 5.0),
+            ("a", "2025-06-01 10:00", 8.0, "o2", "Y", 1.0, 8.0, "sustainable", "app", 0.0),
+            ("b", "2025-06-02 10:00", 12.0, "o3", "X", 1.0, 12.0, "home", "web", 0.0),
+        ],
+        columns=["customer_id", "timestamp", "amount", *OPTIONAL_COLUMNS["transactions"]],
+    )
+    dropped = OPTIONAL_COLUMNS["transactions"] if missing == "all" else [missing]
+    reference = _snapshot_of(tmp_path / "full", full)
+    features = _snapshot_of(tmp_path / "part", full.drop(columns=dropped))
+    needs = {"category": ["share_home", "share_sustainable"], "discount": ["discount_share"]}
+    nulled = [c for column in dropped for c in needs.get(column, [])]
+    assert features[nulled].isna().all().all()
+    kept = [c for c in reference.columns if c not in nulled and not c.startswith("share_") and c not in ("category_count", "category_entropy")]
+    pd.testing.assert_frame_equal(features[kept].sort_index(), reference[kept].sort_index())
