@@ -76,8 +76,10 @@ def generate(
     ] = None,
     start: Annotated[
         datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the history (UTC).")
-    ] = datetime(2024, 11, 1),
-    days: Annotated[int, typer.Option(min=30, help="Length of the history in days.")] = 730,
+    ] = datetime(2023, 11, 1),
+    days: Annotated[
+        int, typer.Option(min=30, help="Length of the history in days (`indicators train` needs 900 for its default horizons).")
+    ] = 1095,
     line_items: Annotated[
         bool, typer.Option(help="Write one row per product of an order (product_id, quantity, unit_price).")
     ] = False,

@@ -53,9 +53,13 @@ def plan_windows(
     test = data_end - steps_per_horizon * step
     tune = test - steps_per_horizon * step
     if tune < earliest:
+        needed = settings.min_history_days + 2 * steps_per_horizon * settings.step_days
         raise HistoryTooShort(
             f"{(data_end - data_start).days} days of history cannot hold tune and test windows of "
-            f"{horizon_days} days after {settings.min_history_days} days of history"
+            f"{horizon_days} days after {settings.min_history_days} days of history: `indicators train` needs "
+            f"{needed} days for this horizon (shorter horizons: --set models.clv_horizon_days=90 "
+            "--set models.purchase_horizons=[7,14,30,60,90]); "
+            "`indicators backtest` forecasts any horizon from 8 weeks of history"
         )
     strict_first = tune - steps_per_horizon * step
     fit: list[datetime] = []
