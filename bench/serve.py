@@ -50,7 +50,7 @@ def _calls(size: int, calls: int) -> int:
 def floor(config: Config, ids: list[str], calls: int) -> dict:
     """The endpoint's own code in-process: what HTTP and BentoML add is measured against this."""
     os.environ["INDICATORS_DATA_DIR"] = str(config.data_dir)
-    os.environ["INDICATORS_MLFLOW_DIR"] = str(config.mlflow_dir)
+    os.environ["INDICATORS_MLFLOW_DIR"] = str(config.mlflow_store)
     from serving.service import CustomerIndicators
 
     service = CustomerIndicators.inner()
@@ -145,7 +145,7 @@ def batch_at_scale(config: Config, customers: int, work_dir: Path) -> dict:
     from training.data.generate import GenerationSpec, generate
     from training.features.snapshots import build_snapshots, data_end
 
-    scaled = Config(data_dir=work_dir, mlflow_dir=config.mlflow_dir)
+    scaled = Config(data_dir=work_dir, mlflow_dir=config.mlflow_store)
     started = time.perf_counter()
     generate(GenerationSpec(customers=customers, seed=11, start=date(2023, 11, 1), days=1095), work_dir)
     generated = time.perf_counter() - started

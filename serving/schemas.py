@@ -34,6 +34,33 @@ class LookalikeRequest(BaseModel):
     audience_percent: float = Field(gt=0, le=50, description="Audience size, % of the non-seed customers")
 
 
+class AudienceMember(BaseModel):
+    customer_id: str
+    score: float = Field(description="Share of customers less similar to the seed (rank percentile), in [0, 1]")
+
+
+class LookalikeResponse(BaseModel):
+    """The audience and what held-out seed members say it is worth (``training.models.audience_table``)."""
+
+    audience: list[AudienceMember] = Field(description="Non-seed customers, most similar first")
+    audience_size: int
+    seed_size: int = Field(description="Seed ids with features")
+    heldout_seed_size: int = Field(description="Seed members left out of training to measure the audience")
+    heldout_seed_found: int = Field(description="Of those, how many the audience holds")
+    heldout_seed_recall: float
+    random_recall: float = Field(description="The recall a random audience of this size gets on average")
+    lift: float
+    p_value: float = Field(description="Chance that a random audience finds as many held-out members")
+    signal: bool = Field(description="The audience finds held-out members significantly better than chance")
+    expected_precision: float | None = Field(
+        description="Share of the audience like the seed, if such customers are as common among the others as "
+        "the seed is overall; null without signal"
+    )
+    expected_precision_interval: tuple[float, float] | None = Field(description="95% interval; null without signal")
+    random_precision: float = Field(description="What a random audience gets: the seed's share of all customers")
+    message: str
+
+
 def _python_type(field) -> type:
     name = str(field.dtype)
     if "Bool" in name or "BOOL" in name:

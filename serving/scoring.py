@@ -20,9 +20,11 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
+from serving.schemas import LookalikeResponse
 from training import tracking
 from training.config import Config
 from training.explain import reasons_from
+from training.models import LookalikeModel
 
 MODEL_NAMES = ("purchase_timing", "expected_purchases", "clv", "lookalike_top_value", "lookalike_sustainable")
 # Indicators each model contributes to a profile, in this order.
@@ -63,15 +65,23 @@ class Champions:
         models, versions, provenance = {}, {}, {}
         for name in MODEL_NAMES:
             model = tracking.load_model(config, name)
+            if model is None and name in LOOKALIKES:
+                continue  # a seed the data cannot define (no category column: no sustainable buyers)
             if model is None:
                 raise ChampionMissing(
-                    f"no '{tracking.CHAMPION}' for model '{name}' in {config.mlflow_tracking_uri}: run `make train` first"
+                    f"no '{tracking.CHAMPION}' for model '{name}' in {config.mlflow_tracking_uri}: run "
+                    f"`indicators train --data-dir {config.data_dir}` (or `make train` for the default data) first"
                 )
             models[name] = model
             version = client.get_model_version_by_alias(name, tracking.CHAMPION)
             versions[name] = str(version.version)
             provenance[name] = champion_provenance(client, version.run_id)
         return cls(models=models, versions=versions, provenance=provenance)
+
+    @property
+    def explained(self) -> dict[str, tuple[str, float]]:
+        """``EXPLAINED`` for the models served (a lookalike without a champion has no reasons)."""
+        return {indicator: (name, sign) for indicator, (name, sign) in EXPLAINED.items() if name in self.models}
 
     def calibrate_tiers(self, features: pd.DataFrame) -> None:
         """Value tiers from the spread of expected revenue over the scored population."""
@@ -93,7 +103,7 @@ class Champions:
             contributions = self._contributions(matrices)
             read = features.to_numpy(dtype=object)  # reasons quote the features as read
             position = {column: k for k, column in enumerate(features.columns)}
-            for indicator, (name, sign) in EXPLAINED.items():
+            for indicator, (name, sign) in self.explained.items():
                 names = self.models[name].encoder_.columns_
                 why[indicator] = reasons_from(names, read[:, [position[c] for c in names]], contributions[name], reasons, sign)
         indicators = {name: values.tolist() for name, values in columns.items() if name not in ("customer_id", *SEGMENTS)}
@@ -119,7 +129,7 @@ class Champions:
         thread computes one group while the pool computes the others. One task per model on a
         pool cost more in hand-offs than it saved (2.7 ms against 2.9 ms serial, one customer).
         """
-        names = list(dict.fromkeys(name for name, _ in EXPLAINED.values()))
+        names = list(dict.fromkeys(name for name, _ in self.explained.values()))
         if self.shap_groups is None:
             seconds: dict[str, float] = {}
             values: dict[str, np.ndarray] = {}
@@ -153,7 +163,11 @@ class Champions:
             **{c: timing[c] for c in INDICATOR_COLUMNS["purchase_timing"]},
             "expected_purchases": counts["expected_purchases"],
             **{c: revenue[c] for c in INDICATOR_COLUMNS["clv"]},
-            **{f"{name}_score": self.models[name].score(features, matrices[name]) for name in LOOKALIKES},
+            **{
+                f"{name}_score": self.models[name].score(features, matrices[name]) if name in self.models
+                else np.full(len(features), np.nan)
+                for name in LOOKALIKES
+            },
         }
         columns["value_tier"] = value_tiers(columns["expected_revenue"], self.value_tiers)
         columns["churn_risk_band"] = churn_bands(columns["p_churn"])
@@ -184,6 +198,59 @@ def balanced_groups(cost: dict[str, float], groups: int) -> list[list[str]]:
         k = min(range(len(bins)), key=lambda i: bins[i][0])
         bins[k] = (bins[k][0] + cost[name], [*bins[k][1], name])
     return [names for _, names in sorted(bins, key=lambda b: -b[0]) if names]
+
+
+def lookalike_audience_response(population: pd.DataFrame, seeds: set[str], audience_percent: float) -> dict[str, Any]:
+    """A lookalike model fitted on the request's seed, its audience and what held-out seed
+    members say the audience is worth; a seed whose held-out members the audience does not find
+    better than chance gets ``signal: false`` and no expected precision."""
+    model = LookalikeModel(name="request", threads=1).fit(population, seeds)
+    [report] = model.audience_report(population, (audience_percent,)).to_dict("records")
+    candidates = population[~population["customer_id"].isin(seeds)]
+    matrix = model.encoder_.matrix(candidates)
+    similarity, scores = model.similarity(candidates, matrix), model.score(candidates, matrix)
+    size = max(1, int(round(len(candidates) * audience_percent / 100)))
+    ids = candidates["customer_id"].to_numpy()
+    order = np.argsort(-similarity, kind="stable")[:size]
+    signal = bool(report["signal"])
+    body = {
+        "audience": [{"customer_id": str(ids[i]), "score": float(scores[i])} for i in order],
+        "audience_size": size,
+        "seed_size": len(seeds),
+        "heldout_seed_size": int(report["heldout_seed_size"]),
+        "heldout_seed_found": int(report["heldout_found"]),
+        "heldout_seed_recall": float(report["heldout_seed_recall"]),
+        "random_recall": float(report["random_recall"]),
+        "lift": float(report["lift"]),
+        "p_value": float(report["p_value"]),
+        "signal": signal,
+        "expected_precision": float(report["expected_precision"]) if signal else None,
+        "expected_precision_interval": (
+            (float(report["expected_precision_low"]), float(report["expected_precision_high"])) if signal else None
+        ),
+        "random_precision": float(report["random_precision"]),
+        "message": lookalike_message(report),
+    }
+    return LookalikeResponse(**body).model_dump()
+
+
+def lookalike_message(report: dict[str, Any]) -> str:
+    """One sentence on what the held-out seed members say, for a person reading the response."""
+    found = (
+        f"{report['heldout_found']} of {report['heldout_seed_size']} held-out seed members are in the audience of "
+        f"{report['audience_size']:,}, against {report['heldout_seed_size'] * report['random_recall']:.1f} for a random "
+        f"audience (p = {report['p_value']:.2g})"
+    )
+    if not report["signal"]:
+        return (
+            f"No signal: {found}. The features do not tell this seed apart from other customers, so no precision "
+            f"is claimed; expect about the seed's share of customers ({report['random_precision']:.2%})."
+        )
+    return (
+        f"{found}. Expected precision {report['expected_precision']:.1%} (95% interval "
+        f"{report['expected_precision_low']:.1%} to {report['expected_precision_high']:.1%}) if customers like the seed "
+        f"are as common among the others as the seed is among all customers ({report['random_precision']:.2%})."
+    )
 
 
 def champion_provenance(client: MlflowClient, run_id: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def running_server(config: Config, port: int | None = None, ready_timeout: float
     env = {
         **os.environ,
         "INDICATORS_DATA_DIR": str(config.data_dir),
-        "INDICATORS_MLFLOW_DIR": str(config.mlflow_dir),
+        "INDICATORS_MLFLOW_DIR": str(config.mlflow_store),
         "BENTOML_DO_NOT_TRACK": "True",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }

@@ -30,7 +30,7 @@ def test_notebook_is_stored_without_outputs(path: Path) -> None:
 def test_notebook_runs_on_small_data(path: Path, trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config, _ = trained
     monkeypatch.setenv("INDICATORS_DATA_DIR", str(config.data_dir))
-    monkeypatch.setenv("INDICATORS_MLFLOW_DIR", str(config.mlflow_dir))
+    monkeypatch.setenv("INDICATORS_MLFLOW_DIR", str(config.mlflow_store))
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError with the failing cell and its traceback

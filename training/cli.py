@@ -322,7 +322,7 @@ def train(
             f"{report.model_value:.4f}",
             f"{baseline_value:.4f} ({baseline_name})",
             oracle,
-            f"yes (v{report.version})" if report.promoted else "no",
+            (f"yes (v{report.version})" if report.promoted else "no") + (f"; {report.gate_note}" if report.gate_note else ""),
         )
     console.print(table)
     console.print(
@@ -334,7 +334,10 @@ def train(
 @app.command()
 def backtest(
     transactions: Annotated[Path, typer.Option(help="Transaction log (.csv or .parquet), canonical columns.")],
-    cutoff: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="Only data at or before this date is used.")],
+    cutoff: Annotated[
+        datetime,
+        typer.Option(formats=["%Y-%m-%d"], help="Only rows at or before this moment are used (00:00 UTC of the date)."),
+    ],
     horizon_days: Annotated[int, typer.Option(min=1, help="Horizon N of p_churn: no purchase in (cutoff, cutoff + N].")],
     out: Annotated[Path, typer.Option(help="Output CSV, one row per customer seen before the cutoff.")],
     column: Annotated[
@@ -344,7 +347,10 @@ def backtest(
     seed: Annotated[int, typer.Option(help="Seed of the models.")] = 42,
 ) -> None:
     """Predict every customer's indicators for a horizon, trained only on data up to the cutoff."""
+    import pandas as pd
+
     from training.backtest import BacktestError, choice_note, read_log, run_backtest
+    from training.config import as_utc
     from training.data.ingest import ImportOptions, IngestError
 
     began = time.perf_counter()
@@ -357,6 +363,10 @@ def backtest(
     predictions.to_csv(out, index=False)
     if bad_rows:
         console.print(f"{bad_rows:,} unusable rows were skipped (see `indicators ingest` for the reasons)")
+    last = log["timestamp"].max()
+    if last < pd.Timestamp(as_utc(cutoff)) - pd.Timedelta(days=1):
+        console.print(f"[yellow]warning:[/] the cutoff is {(pd.Timestamp(as_utc(cutoff)) - last).days} days after the "
+                      f"last transaction ({last:%Y-%m-%d}): everyone looks inactive")
     console.print(
         f"{len(predictions):,} customers -> {out} in {time.perf_counter() - began:.1f}s; {choice_note(choice)}"
     )

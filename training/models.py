@@ -15,6 +15,8 @@ request for every model that shares an encoder.
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,17 +290,21 @@ def upper_shift(y: np.ndarray, low: np.ndarray, mean: np.ndarray, upper: np.ndar
 
 @dataclass
 class LookalikeModel:
-    """Who looks like the seed? PU learning under 'selected completely at random'.
+    """Who looks like the seed? Positive-unlabelled learning from a seed list.
 
-    A classifier g(x) ~ P(seed | x) is trained on seed members (minus a held-out share) against
-    everyone else. c = mean g over held-out seed members estimates P(seed | positive), so
-    g(x) / c estimates P(positive | x) for a non-seed customer (Elkan & Noto, 2008).
-    Features that define the seed are excluded, or similarity would be trivial.
+    A classifier g(x) ~ P(seed | x) is trained on seed members, minus a held-out share, against
+    everyone else; the features that define the seed are excluded, or similarity would be
+    trivial. Held-out members are drawn per customer (``customer_uniform``) and never trained
+    on, so how they rank among everyone else measures every audience (``audience_table``).
+    ``score`` is g's rank percentile in the population fitted on: it orders like g and does not
+    saturate, where Elkan and Noto's g / c (c = mean g over held-out members, kept as
+    ``label_frequency_``) was clipped to 1 over much of the top of the ranking.
     """
 
     name: str
     excluded_features: tuple[str, ...] = ()
     holdout_share: float = 0.2
+    validation_share: float = 0.2
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 42
     threads: int = 2
@@ -308,22 +314,22 @@ class LookalikeModel:
     label_frequency_: float = 1.0
     heldout_ids_: list[str] = field(default_factory=list)
     seed_ids_: list[str] = field(default_factory=list)
+    rank_knots_: tuple[np.ndarray, np.ndarray] | None = None
 
     def fit(self, features: pd.DataFrame, seed_ids: set[str]) -> LookalikeModel:
-        rng = np.random.default_rng(self.seed)
         ids = features["customer_id"].astype(str).to_numpy()
-        in_seed = np.isin(ids, list(seed_ids))
+        in_seed = is_member(ids, seed_ids)
         if in_seed.sum() < 10:
             raise ValueError(f"lookalike '{self.name}': need at least 10 seed customers with features, got {in_seed.sum()}")
-        held_out = in_seed & (rng.random(len(ids)) < self.holdout_share)
+        held_out = in_seed & (customer_uniform(ids, "lookalike-holdout", self.seed) < self.holdout_share)
         labelled = in_seed & ~held_out
         usable = features.drop(columns=[c for c in features.columns if c.startswith(self.excluded_features)])
         self.encoder_ = FeatureEncoder().fit(usable)
         x = self.encoder_.transform(usable)
-        # Held-out seed members are left out of training altogether, so their scores are honest;
-        # a random fifth of the rest decides when to stop adding trees (the seed is small and
-        # the other features are many: without it the model learns noise).
-        validation = ~held_out & (rng.random(len(ids)) < 0.2)
+        # Held-out seed members are left out of training altogether, so their ranks are honest;
+        # a share of the rest decides when to stop adding trees (the seed is small and the other
+        # features are many: without it the model learns noise).
+        validation = ~held_out & (customer_uniform(ids, "lookalike-validation", self.seed) < self.validation_share)
         train = ~held_out & ~validation
         self.booster_ = fit_booster(
             x[train], labelled[train].astype(float), "binary",
@@ -331,18 +337,22 @@ class LookalikeModel:
             overrides={"num_leaves": 15, "min_data_in_leaf": 40, **self.params},
             seed=self.seed, threads=self.threads, max_rounds=self.rounds,
         )
-        scores = predict(self.booster_, x)
-        self.label_frequency_ = float(np.clip(scores[held_out].mean(), 1e-6, 1.0)) if held_out.any() else 1.0
+        similarity = predict(self.booster_, x)
+        self.label_frequency_ = float(np.clip(similarity[held_out].mean(), 1e-6, 1.0)) if held_out.any() else 1.0
+        self.rank_knots_ = rank_knots(similarity)
         self.heldout_ids_ = ids[held_out].tolist()
         self.seed_ids_ = ids[labelled].tolist()
         return self
 
     def score(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
-        """Estimated P(looks like the seed) in [0, 1]."""
-        return np.clip(self.similarity(features, matrix) / self.label_frequency_, 0.0, 1.0)
+        """The share of the population fitted on that is less similar to the seed, in [0, 1]."""
+        similarity = self.similarity(features, matrix)
+        if self.rank_knots_ is None:  # fitted before rank scores: the old clipped g / c
+            return np.clip(similarity / self.label_frequency_, 0.0, 1.0)
+        return np.interp(similarity, *self.rank_knots_)
 
     def similarity(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
-        """The classifier's raw P(seed | x): use it to rank (``score`` saturates at 1)."""
+        """The classifier's raw P(seed | x)."""
         return predict(self.booster_, self.encoder_.matrix(features) if matrix is None else matrix)
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
@@ -353,26 +363,209 @@ class LookalikeModel:
         matrix = self.encoder_.matrix(features)
         return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
 
-    def audience_report(self, features: pd.DataFrame, percents: tuple[int, ...]) -> pd.DataFrame:
-        """Expected precision, held-out seed recall and lift for audiences of the top p% non-seed."""
-        ids = features["customer_id"].astype(str).to_numpy()
-        candidates = ~np.isin(ids, self.seed_ids_)
-        similarity = self.similarity(features)[candidates]
-        scores = np.clip(similarity / self.label_frequency_, 0.0, 1.0)
-        heldout = np.isin(ids[candidates], self.heldout_ids_)
-        order = np.argsort(-similarity, kind="stable")
-        rows = []
-        for percent in percents:
-            size = max(1, int(round(len(order) * percent / 100)))
-            top = order[:size]
-            recall = heldout[top].sum() / max(heldout.sum(), 1)
-            rows.append(
-                {
-                    "audience_percent": percent,
-                    "audience_size": size,
-                    "expected_precision": float(scores[top].mean()),
-                    "heldout_seed_recall": float(recall),
-                    "lift": float(recall / (percent / 100)),
-                }
-            )
-        return pd.DataFrame(rows)
+    def audience_report(self, features: pd.DataFrame, percents: tuple[float, ...]) -> pd.DataFrame:
+        """Held-out seed recall, its significance, lift and expected precision for the top p% non-seed."""
+        return lookalike_audience(self, features, percents)
+
+
+@dataclass
+class ActivityLookalikeModel:
+    """The activity baseline as a servable lookalike: the most active customers, whatever the seed.
+
+    Ranks by purchase days in the last 365 days, ties by sessions in the last 90. Served, and
+    labelled as the baseline (``baseline``), in place of a ``LookalikeModel`` that ranks the
+    held-out seed members worse than it does. It keeps that model's split (``seed_ids_``,
+    ``heldout_ids_``), so its audience report is the very comparison the gate made. Same
+    interface as ``LookalikeModel``; its contributions are exact for its linear activity
+    (weight x (value - population mean), the last column the mean activity).
+    """
+
+    name: str
+    baseline: str = "activity_heuristic"
+    weights: tuple[float, ...] = (1.0, 1e-3)  # sessions only break ties between equal purchase days
+    encoder_: FeatureEncoder | None = None
+    mean_: np.ndarray | None = None
+    rank_knots_: tuple[np.ndarray, np.ndarray] | None = None
+    seed_ids_: list[str] = field(default_factory=list)
+    heldout_ids_: list[str] = field(default_factory=list)
+
+    def fit(self, features: pd.DataFrame, seed_ids: list[str], heldout_ids: list[str]) -> ActivityLookalikeModel:
+        self.encoder_ = FeatureEncoder(numeric_=list(ACTIVITY_FEATURES))
+        values = np.nan_to_num(self.encoder_.matrix(features), nan=0.0)
+        self.mean_ = values.mean(axis=0)
+        self.rank_knots_ = rank_knots(self.similarity(features))
+        self.seed_ids_, self.heldout_ids_ = list(seed_ids), list(heldout_ids)
+        return self
+
+    def activity(self, matrix: np.ndarray) -> np.ndarray:
+        return np.maximum(np.nan_to_num(matrix, nan=0.0) @ np.asarray(self.weights), 0.0)
+
+    def similarity(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
+        """The activity a as a / (1 + a): the same order, in [0, 1) like a probability."""
+        activity = self.activity(self.encoder_.matrix(features) if matrix is None else matrix)
+        return activity / (1.0 + activity)
+
+    def score(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
+        """The share of the population fitted on that is less active, in [0, 1]."""
+        return np.interp(self.similarity(features, matrix), *self.rank_knots_)
+
+    def contributions(self, matrix: np.ndarray) -> np.ndarray:
+        values = np.nan_to_num(matrix, nan=0.0)
+        weights = np.asarray(self.weights)
+        base = np.full((len(values), 1), float(self.mean_ @ weights))
+        return np.hstack([(values - self.mean_) * weights, base])
+
+    def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        """The two activity features (names and values) and their contributions to the activity."""
+        matrix = self.encoder_.matrix(features)
+        return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
+
+    def audience_report(self, features: pd.DataFrame, percents: tuple[float, ...]) -> pd.DataFrame:
+        """The same measurements as ``LookalikeModel.audience_report``, on the same held-out members."""
+        return lookalike_audience(self, features, percents)
+
+
+# --- lookalike measurements -----------------------------------------------------------------
+
+# An audience shows the seed's signal only if chance would put this many held-out seed members in
+# a random audience of its size less often than this (one-sided hypergeometric test).
+SIGNAL_ALPHA = 0.01
+# The activity baseline's features (``ActivityLookalikeModel``).
+ACTIVITY_FEATURES = ("purchase_days_365d", "sessions_90d")
+RANK_KNOTS = 2049  # quantiles of the fitted population's similarity kept for rank scores
+
+
+def customer_uniform(ids: np.ndarray, purpose: str, seed: int) -> np.ndarray:
+    """One uniform draw in [0, 1) per customer id, from a hash of the id keyed by purpose and seed.
+
+    A split drawn as ``default_rng(seed).random(len(rows))`` depends only on the seed and the
+    row order, so it repeats any other draw made from that seed in that order. The generator
+    draws its first chunk's ages from ``SeedSequence([seed, 0])``, which equals
+    ``SeedSequence(seed)``: with the default seed the held-out seed members were exactly the
+    youngest customers, and the model learnt that the young are never in the seed. A keyed
+    hash depends on the customer and the purpose alone.
+    """
+    key = hashlib.blake2b(f"{purpose}:{seed}".encode(), digest_size=8).hexdigest()  # pandas takes 16 characters
+    hashed = pd.util.hash_array(np.asarray(ids, dtype=object), hash_key=key)
+    return (hashed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def rank_knots(similarity: np.ndarray, size: int = RANK_KNOTS) -> tuple[np.ndarray, np.ndarray]:
+    """The map from a similarity in [0, 1] to its rank percentile in a reference population.
+
+    Knots at quantiles of the reference, each at its mid-rank share (tied customers share one),
+    plus (0, 0) and (1, 1). Interpolated, the map is strictly increasing on [0, 1]: a score
+    orders customers exactly as their similarity does and reaches 1 only at a similarity of 1,
+    so a new customer above everyone seen gets a score just above theirs, not a tie at the top.
+    """
+    ordered = np.sort(similarity[np.isfinite(similarity)])
+    values = np.unique(np.quantile(ordered, np.linspace(0.0, 1.0, min(size, len(ordered)))))
+    shares = (np.searchsorted(ordered, values, "left") + np.searchsorted(ordered, values, "right")) / (2.0 * len(ordered))
+    xs, ys = [values], [shares]
+    if values[0] > 0.0:
+        xs, ys = [np.zeros(1), *xs], [np.zeros(1), *ys]
+    if values[-1] < 1.0:
+        xs, ys = [*xs, np.ones(1)], [*ys, np.ones(1)]
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def hypergeom_sf(hits: int, population: int, marked: int, drawn: int) -> float:
+    """P(at least ``hits`` of the ``marked`` items among ``drawn`` taken at random from ``population``)."""
+    low, high = max(0, drawn - (population - marked)), min(marked, drawn)
+    if hits <= low:
+        return 1.0
+    if hits > high:
+        return 0.0
+
+    def log_comb(n: int, k: np.ndarray) -> np.ndarray:
+        return np.array([math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) for j in k])
+
+    taken = np.arange(hits, high + 1)
+    log_p = log_comb(marked, taken) + log_comb(population - marked, drawn - taken) - log_comb(population, np.array([drawn]))[0]
+    return float(min(1.0, np.exp(log_p).sum()))
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion: sensible for a handful of trials and at 0 or n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def audience_table(similarity: np.ndarray, heldout: np.ndarray, seed_share: float, percents: tuple[float, ...]) -> pd.DataFrame:
+    """What audiences of the top p% of the candidates are worth, measured on held-out seed members.
+
+    ``similarity`` ranks the candidates (everyone but the seed members trained on), ``heldout``
+    marks the seed members among them that the model never saw. Per audience:
+
+    - ``heldout_seed_recall``: the share of held-out members in it, against ``random_recall``
+      (its size / the candidates) for a random audience; ``signal`` is true when the recall is
+      above that and ``p_value`` (how often a random audience finds this many) is below
+      ``SIGNAL_ALPHA``;
+    - ``expected_precision``: the share of the audience like the seed if such customers are as
+      common among the candidates as the seed is in the population (``seed_share``, also
+      ``random_precision``, what a random audience gets). Held-out members give the share of
+      them above each rank (TPR), everyone else the share of the others (FPR); the audience
+      ends where ``seed_share * TPR + (1 - seed_share) * FPR`` reaches its share, and its
+      precision is ``seed_share * TPR`` over that. It saturates only where a perfect ranking
+      would (an audience no larger than the seed's share); ``expected_precision_low/high``
+      put the 95% Wilson interval of TPR through the same formula. Without signal the three
+      are NaN: no precision is claimed.
+    """
+    n, held = len(similarity), int(heldout.sum())
+    order = np.argsort(-similarity, kind="stable")
+    found = np.cumsum(heldout[order])
+    tpr = found / max(held, 1)
+    fpr = (np.arange(1, n + 1) - found) / max(n - held, 1)
+    mixed = seed_share * tpr + (1.0 - seed_share) * fpr
+
+    def precision(true_share: float, false_share: float) -> float:
+        like, unlike = seed_share * true_share, (1.0 - seed_share) * false_share
+        return like / (like + unlike) if like + unlike > 0 else 0.0
+
+    rows = []
+    for percent in percents:
+        size = max(1, int(round(n * percent / 100)))
+        hits = int(found[size - 1])
+        recall = hits / held if held else 0.0
+        chance = size / n
+        p_value = hypergeom_sf(hits, n, held, size) if held else 1.0
+        signal = bool(held and recall > chance and p_value < SIGNAL_ALPHA)
+        end = min(int(np.searchsorted(mixed, chance, side="left")), n - 1)
+        low, high = wilson_interval(int(found[end]), held)
+        estimate = (precision(tpr[end], fpr[end]), precision(low, fpr[end]), precision(high, fpr[end]))
+        rows.append(
+            {
+                "audience_percent": percent,
+                "audience_size": size,
+                "heldout_seed_size": held,
+                "heldout_found": hits,
+                "heldout_seed_recall": float(recall),
+                "random_recall": chance,
+                "lift": float(recall / chance),
+                "p_value": p_value,
+                "signal": signal,
+                "expected_precision": estimate[0] if signal else float("nan"),
+                "expected_precision_low": estimate[1] if signal else float("nan"),
+                "expected_precision_high": estimate[2] if signal else float("nan"),
+                "random_precision": float(seed_share),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def lookalike_audience(model: Any, features: pd.DataFrame, percents: tuple[float, ...]) -> pd.DataFrame:
+    """``audience_table`` for a fitted lookalike: its candidates, held-out members and seed share."""
+    ids = features["customer_id"].astype(str).to_numpy()
+    candidates = ~is_member(ids, model.seed_ids_)
+    seed_share = float(is_member(ids, [*model.seed_ids_, *model.heldout_ids_]).mean())
+    similarity = model.similarity(features)[candidates]
+    return audience_table(similarity, is_member(ids[candidates], model.heldout_ids_), seed_share, percents)
+
+
+def is_member(ids: np.ndarray, members) -> np.ndarray:
+    """``np.isin`` by hashing: on arrays of strings numpy compares every pair (seconds for 20k ids)."""
+    return pd.Index(ids).isin(list(members))

@@ -25,13 +25,20 @@ from training.explain import global_importance, shap_plots
 from training.features import store as feature_store
 from training.features.snapshots import build_snapshots, connect, data_end
 from training.labels import build_labels
-from training.models import ClvModel, CountModel, LookalikeModel, PurchaseTimingModel
+from training.models import (
+    ActivityLookalikeModel,
+    ClvModel,
+    CountModel,
+    LookalikeModel,
+    PurchaseTimingModel,
+)
 from training.report import build_report
 from training.tuning import tune
 from training.windows import Windows, plan_windows, required_cutoffs
 
 Step = Callable[[str], None]
 MONETARY_PREFIXES = ("revenue_", "avg_order_value", "max_order_value")
+MIN_SEED = 10  # LookalikeModel's minimum: fewer seed members cannot be split into fit and held out
 CATEGORY_PREFIXES = ("share_", "category_")
 
 
@@ -48,6 +55,8 @@ class ModelReport:
     version: str | None = None
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
     run_id: str | None = None  # the MLflow run holding its plots, model card and gate decision
+    # Set when the model loses to its best baseline: what the gate did about it (summaries show it).
+    gate_note: str | None = None
 
     @property
     def best_baseline(self) -> tuple[str, float]:
@@ -243,12 +252,12 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
     churn_report = ModelReport(
         "purchase_timing", "churn", "auc", True, headline["model"],
         {k: headline[k] for k in ("btyd", "rfm")}, headline.get("oracle"), report.promoted, report.version, metrics,
-        report.run_id,
+        report.run_id, gate_note=report.gate_note,
     )
     next_report = ModelReport(
         "purchase_timing", f"p_purchase_{s.purchase_horizons[2]}d", "auc", True, next_auc["model"],
         {k: next_auc[k] for k in ("btyd", "rfm")}, next_auc.get("oracle"), report.promoted, report.version, metrics,
-        report.run_id,
+        report.run_id, gate_note=report.gate_note,
     )
     return [churn_report, next_report]
 
@@ -343,7 +352,7 @@ def _report_from(report: ModelReport, indicator: str, metrics: pd.DataFrame, met
     return ModelReport(
         report.name, indicator, metric, higher, values["model"],
         {k: values[k] for k in values.index if k not in ("model", "oracle")}, values.get("oracle"),
-        report.promoted, report.version, metrics, report.run_id,
+        report.promoted, report.version, metrics, report.run_id, report.gate_note,
     )
 
 
@@ -409,46 +418,95 @@ def default_seeds(latest: pd.DataFrame) -> dict[str, tuple[set[str], tuple[str, 
 
 
 def train_lookalikes(config: Config, data: ModelingData, client, on_step: Step) -> list[ModelReport]:
+    """Each default seed's PU model against the activity baseline, on the same held-out members.
+
+    When the PU model ranks them worse, the baseline (``ActivityLookalikeModel``) is registered
+    and served as champion in its own run, labelled as the baseline, and the report says so.
+    """
     s = config.models
+    percents = s.lookalike_audience_percents
     latest = data.at([data.data_end])
+    headline_percent = 5 if 5 in percents else percents[-1]
+    metric = f"heldout_seed_recall_at_{headline_percent}pct"
     reports = []
     for name, (seed_ids, excluded) in default_seeds(latest).items():
+        if len(seed_ids) < MIN_SEED:
+            on_step(f"{name} not trained: its seed has {len(seed_ids)} customers (the log may lack the column "
+                    f"that defines it, e.g. category); served profiles leave {name}_score empty")
+            continue
         model = LookalikeModel(name=name, excluded_features=excluded, seed=config.seed, threads=s.threads).fit(latest, seed_ids)
-        audience = model.audience_report(latest, s.lookalike_audience_percents)
+        heuristic = ActivityLookalikeModel(name=name).fit(latest, model.seed_ids_, model.heldout_ids_)
+        audiences = {"model": model.audience_report(latest, percents), ACTIVITY_BASELINE: heuristic.audience_report(latest, percents)}
+        metrics = _audience_metrics(name, audiences)
         candidates = latest[~latest["customer_id"].isin(model.seed_ids_)].reset_index(drop=True)
-        heldout = candidates["customer_id"].isin(model.heldout_ids_).to_numpy()
-        heuristic = candidates["purchase_days_365d"].fillna(0).to_numpy() + 1e-3 * candidates["sessions_90d"].fillna(0).to_numpy()
-        rows = []
-        for _, a in audience.iterrows():
-            size = int(a["audience_size"])
-            top = np.argsort(-heuristic, kind="stable")[:size]
-            recall = heldout[top].sum() / max(heldout.sum(), 1)
-            pct = int(a["audience_percent"])
-            rows += [
-                {"indicator": name, "method": "model", "metric": f"heldout_seed_recall_at_{pct}pct", "value": a["heldout_seed_recall"]},
-                {"indicator": name, "method": "model", "metric": f"lift_at_{pct}pct", "value": a["lift"]},
-                {"indicator": name, "method": "model", "metric": f"expected_precision_at_{pct}pct", "value": a["expected_precision"]},
-                {"indicator": name, "method": "activity_heuristic", "metric": f"heldout_seed_recall_at_{pct}pct", "value": recall},
-                {"indicator": name, "method": "activity_heuristic", "metric": f"lift_at_{pct}pct", "value": recall / (pct / 100)},
-            ]
-        metrics = pd.DataFrame(rows)
-        metric = "heldout_seed_recall_at_5pct" if 5 in s.lookalike_audience_percents else f"heldout_seed_recall_at_{s.lookalike_audience_percents[-1]}pct"
+        population = f"{len(seed_ids):,} seed customers; ranked: everyone else with features at {data.data_end:%Y-%m-%d}"
 
-        def champion_value(champion: LookalikeModel, metric=metric) -> float:
-            table = champion.audience_report(latest, s.lookalike_audience_percents)
-            pct = int(metric.split("_at_")[1].removesuffix("pct"))
-            return float(table.loc[table["audience_percent"] == pct, "heldout_seed_recall"].iloc[0])
+        def champion_value(champion: Any) -> float:
+            table = champion.audience_report(latest, (headline_percent,))
+            return float(table["heldout_seed_recall"].iloc[0])
 
         with mlflow.start_run(run_name=name, nested=True):
             report = _track(
                 config, client, name, model, metrics, candidates, metric, True, champion_value,
-                window=None,
-                population=f"{len(seed_ids):,} seed customers; ranked: everyone else with features at {data.data_end:%Y-%m-%d}",
-                extra={"audience": audience},
+                window=None, population=population, extra={"audience": audiences["model"]}, baseline_served=True,
             )
+        if report.gate_note is not None:  # the PU model loses to the activity baseline: serve the baseline
+            served = _serve_activity_baseline(config, client, name, heuristic, audiences, metric, candidates, population, report)
+            report.gate_note += f" (v{served.challenger_version})"
         reports.append(_report_from(report, name, metrics, metric, True))
-        on_step(f"{name} fitted")
+        on_step(f"{name} fitted" + (f" ({report.gate_note})" if report.gate_note else ""))
     return reports
+
+
+ACTIVITY_BASELINE = "activity_heuristic"
+PU_METHOD = "pu_model"  # the learnt model's rows in the metrics of a served baseline
+
+
+def _audience_metrics(name: str, audiences: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Long metrics table of each method's audiences: held-out seed recall, lift, expected precision."""
+    rows = []
+    for method, audience in audiences.items():
+        for a in audience.itertuples():
+            pct = int(a.audience_percent)
+            rows += [
+                {"indicator": name, "method": method, "metric": f"heldout_seed_recall_at_{pct}pct", "value": a.heldout_seed_recall},
+                {"indicator": name, "method": method, "metric": f"lift_at_{pct}pct", "value": a.lift},
+                {"indicator": name, "method": method, "metric": f"expected_precision_at_{pct}pct", "value": a.expected_precision},
+            ]
+    return pd.DataFrame(rows)
+
+
+def _serve_activity_baseline(
+    config: Config,
+    client,
+    name: str,
+    heuristic: ActivityLookalikeModel,
+    audiences: dict[str, pd.DataFrame],
+    metric: str,
+    candidates: pd.DataFrame,
+    population: str,
+    beaten: ModelReport,
+) -> tracking.GateDecision:
+    """Log, register and promote the activity baseline in a run of its own, labelled as the
+    baseline in its run name, tags, model card and registered version: the champion's
+    provenance (``/metadata``) then shows the baseline's numbers, not the PU model's."""
+    metrics = _audience_metrics(name, {"model": audiences[ACTIVITY_BASELINE], PU_METHOD: audiences["model"]})
+    value = float(metrics.query(f"method == 'model' and metric == '{metric}'")["value"].iloc[0])
+    loss = f"{metric} {beaten.model_value:.4f} against {value:.4f}"
+    note = (
+        f"**Baseline, not a learnt model.** The {ACTIVITY_BASELINE} (rank by purchase days in 365 days, "
+        f"ties by sessions in 90 days, whatever the seed) is served as champion because the PU model "
+        f"(run {beaten.run_id}, version {beaten.version}) ranks the held-out seed members worse: {loss}. "
+        f"Its rows are `model` below; the PU model's are `{PU_METHOD}`."
+    )
+    with mlflow.start_run(run_name=f"{name} ({ACTIVITY_BASELINE} baseline)", nested=True):
+        mlflow.set_tags({"model_kind": "baseline", "baseline": ACTIVITY_BASELINE, "replaces_run": beaten.run_id or ""})
+        uri = _log_run(
+            config, name, heuristic, metrics, candidates, metric, window=None, population=population,
+            extra={"audience": audiences[ACTIVITY_BASELINE]}, card_note=note,
+        )
+        reason = f"{ACTIVITY_BASELINE} baseline served as champion: PU challenger v{beaten.version} ranks held-out seed members worse ({loss})"
+        return tracking.register_baseline(client, name, uri, metric, value, ACTIVITY_BASELINE, True, reason)
 
 
 # --- tracking shared by every model ------------------------------------------------------------
@@ -470,8 +528,68 @@ def _track(
     plots: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
     explain_sign: float = 1.0,
     extra: dict[str, pd.DataFrame] | None = None,
+    baseline_served: bool = False,
 ) -> ModelReport:
-    """Log metrics, plots, SHAP, model card and model in the active run; register and gate."""
+    """Log the model in the active run; register it and gate it against the champion and against
+    its best baseline on the same window (``baseline_served``: the caller serves the baseline if
+    the model loses to it)."""
+    uri = _log_run(
+        config, name, model, metrics, test, headline, window=window, population=population, plots=plots,
+        explain_sign=explain_sign, extra=extra,
+    )
+    champion = tracking.load_model(config, name)
+    champion_score = None
+    if champion is not None:
+        try:
+            champion_score = champion_value(champion)
+        except Exception as error:  # an incompatible old champion must not block a new one
+            mlflow.set_tag("promotion.champion_error", repr(error)[:500])
+    model_value = float(metrics.query(f"method == 'model' and metric == '{headline}'")["value"].iloc[0])
+    decision = tracking.register_and_gate(
+        client, name, uri, headline, model_value, champion_score, higher_is_better,
+        tolerance=0.002 if higher_is_better else 0.0,
+        baseline=best_baseline(metrics, headline, higher_is_better), baseline_served=baseline_served,
+    )
+    return ModelReport(
+        name, name, headline, higher_is_better, model_value, {}, None, decision.promoted, decision.challenger_version,
+        metrics, mlflow.active_run().info.run_id, decision.note,
+    )
+
+
+def best_baseline(metrics: pd.DataFrame, headline: str, higher_is_better: bool) -> tuple[str, float] | None:
+    """The best baseline (not the model, not the oracle) on the headline metric of the headline
+    indicator (the first the model reports it for), or None if there is none."""
+    model_rows = metrics[(metrics["method"] == "model") & (metrics["metric"] == headline)]
+    if model_rows.empty:
+        return None
+    indicator = model_rows["indicator"].iloc[0]
+    rows = metrics[
+        (metrics["indicator"] == indicator) & (metrics["metric"] == headline)
+        & ~metrics["method"].isin(("model", "oracle")) & np.isfinite(metrics["value"].astype(float))
+    ]
+    if rows.empty:
+        return None
+    best = rows.loc[rows["value"].idxmax() if higher_is_better else rows["value"].idxmin()]
+    return str(best["method"]), float(best["value"])
+
+
+def _log_run(
+    config: Config,
+    name: str,
+    model: Any,
+    metrics: pd.DataFrame,
+    test: pd.DataFrame,
+    headline: str,
+    *,
+    window: Windows | None,
+    population: str,
+    plots: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
+    explain_sign: float = 1.0,
+    extra: dict[str, pd.DataFrame] | None = None,
+    card_note: str | None = None,
+) -> str:
+    """Log metrics, plots, SHAP, model card (``card_note`` on top) and model in the active run;
+    return the model's URI."""
     model_rows = metrics[metrics["method"] == "model"]
     indicator_metrics = {
         f"{r.indicator}.{r.metric}": float(r.value) for r in model_rows.itertuples() if np.isfinite(r.value)
@@ -497,24 +615,12 @@ def _track(
         importance = global_importance(x, contributions)
         tracking.log_table(importance, "shap_importance.csv")
         card = model_card(name, window, population, metrics, headline, importance)
+        if card_note:
+            title, _, rest = card.partition("\n")
+            card = f"{title}\n\n{card_note}\n{rest}"
         mlflow.log_text(card, "model_card.md")
     example = _pyfunc_example(model, test.head(5))
-    uri = tracking.log_model(model, name, example)
-    champion = tracking.load_model(config, name)
-    champion_score = None
-    if champion is not None:
-        try:
-            champion_score = champion_value(champion)
-        except Exception as error:  # an incompatible old champion must not block a new one
-            mlflow.set_tag("promotion.champion_error", repr(error)[:500])
-    model_value = float(metrics.query(f"method == 'model' and metric == '{headline}'")["value"].iloc[0])
-    decision = tracking.register_and_gate(
-        client, name, uri, headline, model_value, champion_score, higher_is_better, tolerance=0.002 if higher_is_better else 0.0
-    )
-    return ModelReport(
-        name, name, headline, higher_is_better, model_value, {}, None, decision.promoted, decision.challenger_version,
-        metrics, mlflow.active_run().info.run_id,
-    )
+    return tracking.log_model(model, name, example)
 
 
 def _pyfunc_example(model: Any, rows: pd.DataFrame) -> pd.DataFrame:
@@ -568,11 +674,27 @@ TRAINERS = {
 
 
 def run_training(config: Config, on_step: Step = lambda _: None, models: tuple[str, ...] = tuple(TRAINERS)) -> TrainingResult:
-    """Train, backtest, log and gate every model. A model that fails registers nothing."""
+    """Train, backtest, log and gate every model. A run that fails promotes nothing: the
+    champions it moved go back to where they were (its versions stay registered, unaliased)."""
     client = tracking.setup_tracking(config)
     began = datetime.now(UTC)
     timings: dict[str, float] = {}
     data, _store = prepare(config, on_step, timings)
+    before = tracking.champion_versions(client, [m.name for m in client.search_registered_models()])
+    try:
+        reports = _train_models(config, data, client, on_step, models, timings)
+    except BaseException:
+        tracking.restore_champions(client, before)
+        raise
+    result = TrainingResult(reports, timings, (data.data_start, data.data_end))
+    result.report_path = build_report(config, result, began)
+    on_step(f"report: {result.report_path}")
+    return result
+
+
+def _train_models(
+    config: Config, data: ModelingData, client, on_step: Step, models: tuple[str, ...], timings: dict[str, float]
+) -> list[ModelReport]:
     reports: list[ModelReport] = []
     for key in models:
         started = time.perf_counter()
@@ -592,7 +714,4 @@ def run_training(config: Config, on_step: Step = lambda _: None, models: tuple[s
             tracking.log_experiment(config)
             reports += TRAINERS[key](config, data, client, on_step)
         timings[f"train_{key}"] = time.perf_counter() - started
-    result = TrainingResult(reports, timings, (data.data_start, data.data_end))
-    result.report_path = build_report(config, result, began)
-    on_step(f"report: {result.report_path}")
-    return result
+    return reports

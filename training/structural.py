@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from training.btyd import MODELS, BtydFit, GammaGamma, Rfm, fit_btyd, fit_gamma_gamma
-from training.models import time_at_probability
+from training.models import customer_uniform, time_at_probability
 
 INNER_SHARE = 0.7  # customers the corrections are fitted on; the rest score the candidates
 CURVE_DAYS = np.array([7, 14, 30, 60, 90, 120, 180, 270, 365, 540, 730, 1095, 1460], dtype=float)
@@ -72,14 +72,14 @@ def customer_summary(transactions: pd.DataFrame, cutoff: pd.Timestamp) -> pd.Dat
     """One row per customer seen by ``cutoff``: frequency, recency and T (days, on
     distinct purchase days), mean repeat spend and the shape features of the correction."""
     past = transactions[transactions["timestamp"] <= cutoff]
-    bought = past[past["amount"] >= 0]  # an order of free items is still an order
+    bought = past[past["amount"] > 0]  # a purchase, as in the labels and the feature SQL
     daily = (
         bought.assign(day=bought["timestamp"].dt.floor("D"))
         .groupby(["customer_id", "day"], as_index=False)["amount"].sum()
         .sort_values(["customer_id", "day"])
     )
-    # A customer seen only through refunds (of orders before the log starts) has bought once:
-    # at their first row, for nothing.
+    # A customer seen only through free orders or refunds (of orders before the log starts)
+    # counts as a first purchase at their first row, for nothing.
     refund_only = past[~past["customer_id"].isin(bought["customer_id"])]
     if len(refund_only):
         firsts = refund_only.groupby("customer_id", as_index=False)["timestamp"].min()
@@ -114,7 +114,7 @@ def _rfm(summary: pd.DataFrame) -> Rfm:
 
 def purchase_days_in(transactions: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, customers: pd.Series) -> np.ndarray:
     """Distinct purchase days of each customer in (start, end]."""
-    window = transactions[(transactions["timestamp"] > start) & (transactions["timestamp"] <= end) & (transactions["amount"] >= 0)]
+    window = transactions[(transactions["timestamp"] > start) & (transactions["timestamp"] <= end) & (transactions["amount"] > 0)]
     counts = window.assign(day=window["timestamp"].dt.floor("D")).groupby("customer_id")["day"].nunique()
     return customers.map(counts).fillna(0).to_numpy(float)
 
@@ -124,9 +124,28 @@ def revenue_in(transactions: pd.DataFrame, start: pd.Timestamp, end: pd.Timestam
     return customers.map(window.groupby("customer_id")["amount"].sum()).fillna(0).to_numpy(float)
 
 
-def poisson_deviance(y: np.ndarray, expected: np.ndarray) -> float:
+def unit_deviance(y: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Each customer's Poisson deviance."""
     expected = np.maximum(expected, 1e-12)
-    return float(2 * np.mean(np.where(y > 0, y * np.log(np.maximum(y, 1e-12) / expected), 0.0) - (y - expected)))
+    return 2 * (np.where(y > 0, y * np.log(np.maximum(y, 1e-12) / expected), 0.0) - (y - expected))
+
+
+def complexity(candidate: str) -> int:
+    """0 for a plain model, one more for each correction (level, boost)."""
+    return candidate.count("+")
+
+
+def simplest_within_one_se(per_customer: dict[str, np.ndarray]) -> str:
+    """The least corrected candidate whose mean deviance is within one standard error (of the
+    paired difference) of the best one's (Breiman's one-SE rule): a correction must earn its
+    place on the scoring customers, or the noise of a small window decides. Ties in complexity
+    go to the lower deviance."""
+    best = min(per_customer, key=lambda k: per_customer[k].mean())
+    within = [
+        name for name, values in per_customer.items()
+        if (values - per_customer[best]).mean() <= (values - per_customer[best]).std(ddof=1) / np.sqrt(len(values))
+    ]
+    return min(within, key=lambda k: (complexity(k), per_customer[k].mean()))
 
 
 def _shape_features(transactions: pd.DataFrame, cutoff: pd.Timestamp, summary: pd.DataFrame, fit: BtydFit, horizon: int) -> np.ndarray:
@@ -140,9 +159,9 @@ def _shape_features(transactions: pd.DataFrame, cutoff: pd.Timestamp, summary: p
     return frame[SHAPE_FEATURES].to_numpy(float)
 
 
-def _booster(x: np.ndarray, y: np.ndarray, init: np.ndarray, seed: int, threads: int, rng: np.random.Generator) -> lgb.Booster:
-    """Heavily regularised trees from the model's log expectation; a quarter of the rows stops them."""
-    validation = rng.random(len(y)) < 0.25
+def _booster(x: np.ndarray, y: np.ndarray, init: np.ndarray, ids: np.ndarray, seed: int, threads: int) -> lgb.Booster:
+    """Heavily regularised trees from the model's log expectation; a quarter of the customers stops them."""
+    validation = customer_uniform(ids, "structural-stopping", seed) < 0.25
     params = {**BOOSTER_PARAMS, "min_data_in_leaf": max(50, len(y) // 80), "seed": seed, "num_threads": threads}
     train = lgb.Dataset(x[~validation], y[~validation], init_score=init[~validation], free_raw_data=False)
     valid = lgb.Dataset(x[validation], y[validation], init_score=init[validation], free_raw_data=False)
@@ -171,7 +190,7 @@ class _Inner:
 
 def choose(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed: int, threads: int) -> tuple[Choice, _Inner | None]:
     """The gate: model, level and correction with the best inner-window deviance."""
-    bought = transactions.loc[(transactions["timestamp"] <= cutoff) & (transactions["amount"] >= 0), "timestamp"]
+    bought = transactions.loc[(transactions["timestamp"] <= cutoff) & (transactions["amount"] > 0), "timestamp"]
     history = (cutoff.floor("D") - bought.min().floor("D")).days
     inner_horizon = int(min(horizon, history // 2))
 
@@ -185,12 +204,12 @@ def choose(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed:
     actual = purchase_days_in(transactions, inner_cutoff, cutoff, summary["customer_id"])
     if len(summary) < 200 or actual.sum() < 50 or (summary["frequency"] > 0).sum() < 30:
         return fallback("too little data in the inner window; plain Pareto/NBD")
-    rng = np.random.default_rng(seed)
-    fitting = rng.random(len(summary)) < INNER_SHARE
+    ids = summary["customer_id"].to_numpy()
+    fitting = customer_uniform(ids, "structural-gate", seed) < INNER_SHARE  # by id: no row-order draw
     scoring = ~fitting
     rfm = _rfm(summary)
-    deviance: dict[str, float] = {}
-    best: tuple[float, str, str, bool] | None = None
+    per_customer: dict[str, np.ndarray] = {}  # each candidate's deviance on the scoring customers
+    described: dict[str, tuple[str, bool]] = {}
     for model in MODELS:
         try:
             fit = fit_btyd(model, rfm)
@@ -202,20 +221,24 @@ def choose(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed:
         level = _level(actual[fitting], expected[fitting])
         candidates = {model: (expected, False), f"{model}+level": (expected * level, False)}
         x = _shape_features(transactions, inner_cutoff, summary, fit, inner_horizon)
-        booster = _booster(x[fitting], actual[fitting], np.log(np.maximum(expected[fitting], 1e-9)), seed, threads, rng)
+        booster = _booster(x[fitting], actual[fitting], np.log(np.maximum(expected[fitting], 1e-9)), ids[fitting], seed, threads)
         if booster.best_iteration > 0:
             candidates[f"{model}+level+boost"] = (expected * level * _relative(booster, x, expected), True)
         for name, (predicted, boosted) in candidates.items():
-            deviance[name] = round(poisson_deviance(actual[scoring], predicted[scoring]), 5)
-            if best is None or deviance[name] < best[0] - 1e-6:
-                best = (deviance[name], name, model, boosted)
-    if best is None:
+            per_customer[name] = unit_deviance(actual[scoring], predicted[scoring])
+            described[name] = (model, boosted)
+    if not per_customer:
         return fallback("no model could be fitted on the inner window; plain Pareto/NBD")
-    _, name, model, boosted = best
+    name = simplest_within_one_se(per_customer)
+    model, boosted = described[name]
+    deviance = {k: round(float(v.mean()), 5) for k, v in per_customer.items()}
     level = 1.0
     if "+level" in name:  # re-estimated on every customer of the inner window
         level = _level(actual, fit_btyd(model, rfm).expected(rfm, inner_horizon))
-    reason = f"lowest Poisson deviance on the inner window ({inner_cutoff:%Y-%m-%d} + {inner_horizon} days)"
+    reason = (
+        f"the simplest within one standard error of the lowest Poisson deviance on the inner window "
+        f"({inner_cutoff:%Y-%m-%d} + {inner_horizon} days)"
+    )
     inner = _Inner(inner_cutoff, inner_horizon, summary, actual)
     return Choice(model, level, boosted, inner_horizon, inner_cutoff, reason, deviance), inner
 
@@ -290,7 +313,9 @@ def forecast(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, see
         inner_fit = fit_btyd(choice.model, _rfm(inner.summary))
         inner_expected = inner_fit.expected(_rfm(inner.summary), inner.horizon)
         x_inner = _shape_features(log, inner.cutoff, inner.summary, inner_fit, inner.horizon)
-        booster = _booster(x_inner, inner.actual, np.log(np.maximum(inner_expected, 1e-9)), seed, threads, np.random.default_rng(seed))
+        booster = _booster(
+            x_inner, inner.actual, np.log(np.maximum(inner_expected, 1e-9)), inner.summary["customer_id"].to_numpy(), seed, threads
+        )
         x_now = _shape_features(log, cutoff, summary, fit, inner.horizon)
         factor = factor * _relative(booster, x_now, expected)
     levels = _interval_levels(choice, inner, log, refund_share, seed)

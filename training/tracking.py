@@ -3,7 +3,8 @@
 Every model is logged as a pyfunc whose ``predict`` returns the indicators (probabilities,
 not labels) for a frame of Feast features, registered under its name with alias
 ``challenger``. ``champion`` moves only when the challenger is not worse than the current
-champion on the same test window; the decision and its numbers are logged either way.
+champion and than its best baseline on the same test window; the decision and its numbers
+are logged either way.
 """
 
 from __future__ import annotations
@@ -102,6 +103,17 @@ class GateDecision:
     tolerance: float
     promoted: bool
     reason: str
+    baseline: str | None = None  # the best baseline on the same window, and its value there
+    baseline_value: float | None = None
+    loses_to_baseline: bool = False
+    note: str | None = None  # what a summary must say about the decision (losing to a baseline)
+    served_baseline: bool = False  # this version is the baseline itself, served in the model's place
+
+
+def worse(value: float, reference: float, higher_is_better: bool, tolerance: float) -> bool:
+    """Whether ``value`` is worse than ``reference`` by more than ``tolerance``."""
+    margin = value - reference if higher_is_better else reference - value
+    return margin < -tolerance
 
 
 def register_and_gate(
@@ -113,22 +125,43 @@ def register_and_gate(
     champion_value: float | None,
     higher_is_better: bool,
     tolerance: float,
+    baseline: tuple[str, float] | None = None,
+    baseline_served: bool = False,
 ) -> GateDecision:
-    """Register the run's model as ``challenger``; make it ``champion`` unless it is worse."""
+    """Register the run's model as ``challenger``; make it ``champion`` unless it is worse than
+    the champion or than its best ``baseline`` (name, value) on the same window.
+
+    A challenger that loses to its baseline is never promoted over a champion. With no champion
+    yet it is promoted (something must serve) but the decision says loudly that it loses, unless
+    ``baseline_served``: then the caller serves the baseline instead (``register_baseline``).
+    """
     version = mlflow.register_model(model_uri, name).version
     client.set_registered_model_alias(name, CHALLENGER, version)
     current = _alias_version(client, name, CHAMPION)
-    if current is None:
+    baseline_name, baseline_value = baseline if baseline is not None else (None, None)
+    loses = baseline_value is not None and not pd.isna(baseline_value) and worse(
+        challenger_value, baseline_value, higher_is_better, tolerance
+    )
+    loss = f"loses to baseline {baseline_name} ({challenger_value:.4f} vs {baseline_value:.4f})" if loses else ""
+    if loses and baseline_served:
+        promoted, reason = False, f"{loss}: not promoted, the baseline is served as champion instead"
+    elif loses and current is not None:
+        promoted, reason = False, f"{loss}: not promoted, champion v{current} kept"
+    elif loses:
+        promoted, reason = True, f"{loss}: promoted only because there is no champion yet"
+    elif current is None:
         promoted, reason = True, "no champion yet"
     elif champion_value is None or pd.isna(champion_value):
         promoted, reason = True, "current champion could not be evaluated on this window"
     else:
-        margin = challenger_value - champion_value if higher_is_better else champion_value - challenger_value
-        promoted = margin >= -tolerance
+        promoted = not worse(challenger_value, champion_value, higher_is_better, tolerance)
         reason = (
             f"challenger {metric}={challenger_value:.4f} vs champion {champion_value:.4f} "
             f"({'not worse' if promoted else 'worse'} within tolerance {tolerance})"
         )
+    note = reason if loses else None
+    if baseline_name is not None and not loses:
+        reason += f"; beats baseline {baseline_name} ({challenger_value:.4f} vs {baseline_value:.4f})"
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
     decision = GateDecision(
@@ -142,10 +175,93 @@ def register_and_gate(
         tolerance=tolerance,
         promoted=promoted,
         reason=reason,
+        baseline=baseline_name,
+        baseline_value=None if baseline_value is None else float(baseline_value),
+        loses_to_baseline=loses,
+        note=note,
     )
-    mlflow.log_dict(asdict(decision), "promotion_decision.json")
-    mlflow.set_tags({"promotion.promoted": str(promoted), "promotion.reason": reason})
+    _record(client, decision)
     return decision
+
+
+def register_baseline(
+    client: MlflowClient,
+    name: str,
+    model_uri: str,
+    metric: str,
+    value: float,
+    baseline: str,
+    higher_is_better: bool,
+    reason: str,
+) -> GateDecision:
+    """Register the run's baseline model under ``name`` and make it ``champion`` (the learnt
+    challenger lost to it: ``reason`` says by how much). The version is tagged ``model_kind=
+    baseline`` and ``baseline=<baseline>``, so nobody takes it for a learnt model; the
+    ``challenger`` alias stays on the learnt model."""
+    version = mlflow.register_model(model_uri, name).version
+    current = _alias_version(client, name, CHAMPION)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    decision = GateDecision(
+        model=name,
+        metric=metric,
+        higher_is_better=higher_is_better,
+        challenger_version=str(version),
+        challenger_value=float(value),
+        champion_version=current,
+        champion_value=None,
+        tolerance=0.0,
+        promoted=True,
+        reason=reason,
+        baseline=baseline,
+        baseline_value=float(value),
+        loses_to_baseline=False,
+        note=reason,
+        served_baseline=True,
+    )
+    _record(client, decision)
+    return decision
+
+
+def _record(client: MlflowClient, decision: GateDecision) -> None:
+    """The decision as ``promotion_decision.json``, run tags and tags of the registered version."""
+    mlflow.log_dict(asdict(decision), "promotion_decision.json")
+    tags = {"promotion.promoted": str(decision.promoted), "promotion.reason": decision.reason[:5000]}
+    if decision.baseline is not None:
+        tags |= {
+            "promotion.baseline": decision.baseline,
+            "promotion.baseline_value": f"{decision.baseline_value:.6g}",
+            "promotion.loses_to_baseline": str(decision.loses_to_baseline),
+        }
+    if decision.note:
+        tags["promotion.gate_note"] = decision.note[:5000]
+    if decision.served_baseline:
+        tags["model_kind"] = "baseline"
+    mlflow.set_tags(tags)
+    version_tags = {"model_kind": "baseline" if decision.served_baseline else "model"}
+    if decision.served_baseline:
+        version_tags["baseline"] = decision.baseline
+    if decision.loses_to_baseline:
+        version_tags["loses_to_baseline"] = decision.note
+    for key, value in version_tags.items():
+        client.set_model_version_tag(decision.model, decision.challenger_version, key, value)
+
+
+def champion_versions(client: MlflowClient, names: list[str]) -> dict[str, str | None]:
+    """Each model's current champion version (None: no champion)."""
+    return {name: _alias_version(client, name, CHAMPION) for name in names}
+
+
+def restore_champions(client: MlflowClient, before: dict[str, str | None]) -> None:
+    """Put every champion alias back where ``before`` had it (a failed run promotes nothing);
+    a model first registered by the failed run loses its champion alias."""
+    registered = [m.name for m in client.search_registered_models()]
+    for name, version in {**dict.fromkeys(registered), **before}.items():
+        if _alias_version(client, name, CHAMPION) == version:
+            continue
+        if version is None:
+            client.delete_registered_model_alias(name, CHAMPION)
+        else:
+            client.set_registered_model_alias(name, CHAMPION, version)
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:

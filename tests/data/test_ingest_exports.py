@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from training.cli import app
 from training.config import Paths
-from training.data.ingest import ImportOptions, detect_delimiter, ingest, normalize
+from training.data.ingest import ImportOptions, IngestError, detect_delimiter, ingest, normalize
 
 AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
 # An online shop's invoice lines: one row per product, cancellations as C-invoices with
@@ -146,3 +146,57 @@ def test_cli_summary_reconciles_orders_refunds_and_revenue(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     assert "3 orders (3 lines merged" in result.output and "2 refund lines in 2 refunds" in result.output
     assert "does not balance" not in result.output and "imported" in result.output
+
+
+def test_european_export_with_decimal_comma_ids_matches_the_comma_export(tmp_path: Path) -> None:
+    source = pd.read_csv(_lines(tmp_path), dtype=str)
+    european = source.assign(
+        UnitPrice=source["UnitPrice"].str.replace(".", ",", regex=False),
+        CustomerID=source["CustomerID"].str.replace(".", ",", regex=False),
+    )
+    european.to_csv(tmp_path / "eu.csv", sep=";", index=False)
+    tables = []
+    for name in ("lines.csv", "eu.csv"):
+        paths = Paths(tmp_path / name.replace(".", "_"))
+        ingest(paths, {"transactions": tmp_path / name}, ImportOptions(columns=LINE_MAPPING, as_of=AS_OF))
+        tables.append(pd.read_parquet(paths.raw_table("transactions")))
+    pd.testing.assert_frame_equal(*tables)
+    assert sorted(tables[1]["customer_id"].unique()) == ["13047", "17850"]
+
+
+def test_day_first_dates_are_read_day_first_on_every_row(tmp_path: Path) -> None:
+    text = "customer_id,timestamp,amount\na,05/02/2025 10:00,1\nb,13/02/2025 10:00,2\n"
+    result = normalize("transactions", pd.read_csv(_lines(tmp_path, text), dtype=str), ImportOptions(as_of=AS_OF))
+    assert result.clean["timestamp"].tolist() == [pd.Timestamp("2025-02-05 10:00", tz="UTC"), pd.Timestamp("2025-02-13 10:00", tz="UTC")]
+    assert any("day-first" in note for note in result.notes)
+    mixed = "customer_id,timestamp,amount\na,05/13/2025,1\nb,13/05/2025,2\n"
+    with pytest.raises(IngestError, match="day-first on some rows"):
+        normalize("transactions", pd.read_csv(_lines(tmp_path, mixed), dtype=str), ImportOptions(as_of=AS_OF))
+
+
+def test_a_date_format_that_fails_on_many_rows_stops_the_import(tmp_path: Path) -> None:
+    text = "customer_id,timestamp,amount\n" + "".join(f"c{d},12/{d}/2025 08:26,1\n" for d in range(1, 29))
+    paths = Paths(tmp_path / "data")
+    with pytest.raises(IngestError, match="fails on 16 of 28"):
+        ingest(paths, {"transactions": _lines(tmp_path, text)}, ImportOptions(date_format="%d/%m/%Y %H:%M", as_of=AS_OF))
+    assert not paths.raw.exists()
+
+
+def test_a_mapped_column_the_file_lacks_is_named(tmp_path: Path) -> None:
+    with pytest.raises(IngestError, match="customer_id <- 'ClientID'"):
+        normalize("transactions", pd.read_csv(_lines(tmp_path), dtype=str), ImportOptions(columns={**LINE_MAPPING, "customer_id": "ClientID"}))
+    with pytest.raises(IngestError, match="unknown canonical column"):
+        normalize("transactions", pd.read_csv(_lines(tmp_path), dtype=str), ImportOptions(columns={"client": "CustomerID"}))
+
+
+def test_rows_refused_against_the_existing_table_leave_the_books_consistent(tmp_path: Path) -> None:
+    paths = Paths(tmp_path / "data")
+    options = ImportOptions(columns=LINE_MAPPING, as_of=AS_OF)
+    ingest(paths, {"transactions": _lines(tmp_path)}, options)
+    other = pd.read_csv(tmp_path / "lines.csv", dtype=str).assign(CustomerID="99999.0", Description="again")
+    other.to_csv(tmp_path / "other.csv", index=False)
+    [report] = ingest(paths, {"transactions": tmp_path / "other.csv"}, options)
+    # the guest line (quarantined the first time) now has a customer and a new order: added
+    assert report.rows_added == 1 and report.reasons["order_id already imported for another customer"] == 8
+    assert (report.books.lines, report.books.orders, report.books.refund_lines) == (1, 1, 0)
+    assert report.books.balanced and round(report.books.revenue_imported, 2) == round(6 * 4.25, 2)

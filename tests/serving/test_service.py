@@ -12,7 +12,7 @@ def client(trained):
     config, _ = trained
     mp = pytest.MonkeyPatch()
     mp.setenv("INDICATORS_DATA_DIR", str(config.data_dir))
-    mp.setenv("INDICATORS_MLFLOW_DIR", str(config.mlflow_dir))
+    mp.setenv("INDICATORS_MLFLOW_DIR", str(config.mlflow_store))
     from serving.service import CustomerIndicators
 
     with TestClient(CustomerIndicators.to_asgi()) as test_client:
@@ -83,11 +83,37 @@ def test_explain_and_metadata(client, trained) -> None:
 def test_lookalike_ranks_non_seed_customers(client, trained) -> None:
     seeds = _ids(trained, True, 60)
     body = client.post("/lookalike", json={"seed_customer_ids": seeds, "audience_percent": 5}).json()
-    assert body["seed_size"] == 60 and body["audience"]
+    assert body["seed_size"] == 60 and body["audience"] and len(body["audience"]) == body["audience_size"]
     assert not set(a["customer_id"] for a in body["audience"]) & set(seeds)
-    scores = [a["score"] for a in body["audience"]]
-    assert 0 <= body["expected_precision"] <= 1 and all(0 <= s <= 1 for s in scores)
+    assert all(0 <= a["score"] <= 1 for a in body["audience"])
     assert client.post("/lookalike", json={"seed_customer_ids": ["a"], "audience_percent": 5}).status_code == 400
+
+
+def test_a_random_seed_gets_no_signal_and_no_confident_precision(client, trained) -> None:
+    """The first 60 consenting customers are a random seed: the old route answered an expected
+    precision of 1.0 from clipped scores, every score 1.0, with a held-out recall of 0."""
+    body = client.post("/lookalike", json={"seed_customer_ids": _ids(trained, True, 60), "audience_percent": 5}).json()
+    assert body["signal"] is False and body["expected_precision"] is None and body["expected_precision_interval"] is None
+    assert body["message"].startswith("No signal") and body["p_value"] >= 0.01
+    customers = len(pd.read_parquet(trained[0].paths.features / "customer_profile.parquet", columns=["customer_id"]))
+    assert body["random_precision"] == pytest.approx(60 / customers)
+    scores = [a["score"] for a in body["audience"]]
+    assert max(scores) < 1.0
+
+
+def test_a_seed_with_signal_gets_a_measured_precision_and_unsaturated_scores(client, trained) -> None:
+    config, _ = trained
+    latent = pd.read_parquet(config.paths.truth / "latent.parquet")
+    buyers = latent[latent["is_buyer"]]
+    seeds = buyers.nlargest(len(buyers) // 10, "spend_level")["customer_id"].tolist()  # seen only through behaviour
+    body = client.post("/lookalike", json={"seed_customer_ids": seeds, "audience_percent": 5}).json()
+    assert body["signal"] is True and body["p_value"] < 0.01 and body["lift"] > 2, body["message"]
+    low, high = body["expected_precision_interval"]
+    assert body["random_precision"] < low <= body["expected_precision"] <= high <= 1
+    assert body["message"].startswith(f"{body['heldout_seed_found']} of {body['heldout_seed_size']} held-out")
+    scores = [a["score"] for a in body["audience"]]
+    assert scores == sorted(scores, reverse=True) and max(scores) < 1.0
+    assert len(set(scores)) >= 0.9 * len(scores)  # ranks, not a mass of ties at the top
 
 
 def test_a_store_failure_at_run_time_is_a_503(client, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,7 +134,7 @@ def test_start_fails_fast_without_champions(trained, tmp_path, monkeypatch: pyte
     config, _ = trained
     monkeypatch.setenv("INDICATORS_DATA_DIR", str(config.data_dir))
     monkeypatch.setenv("INDICATORS_MLFLOW_DIR", str(tmp_path / "empty-mlflow"))
-    with pytest.raises(ChampionMissing, match="run `make train` first"):
+    with pytest.raises(ChampionMissing, match="indicators train --data-dir"):
         CustomerIndicators.inner()  # what BentoML calls at start
 
 
@@ -134,6 +160,6 @@ def test_start_fails_fast_when_the_online_store_holds_no_features(trained, tmp_p
     shutil.copy(config.paths.feast / "registry.db", feast_dir / "registry.db")
     (feast_dir / "online_store.db").touch()
     monkeypatch.setenv("INDICATORS_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("INDICATORS_MLFLOW_DIR", str(config.mlflow_dir))
+    monkeypatch.setenv("INDICATORS_MLFLOW_DIR", str(config.mlflow_store))
     with pytest.raises(StoreNotWritten, match="make train"):
         CustomerIndicators.inner()

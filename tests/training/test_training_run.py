@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -43,7 +45,11 @@ def test_mlflow_holds_runs_trials_artifacts_and_champions(trained) -> None:
     client = tracking.setup_tracking(config)
     for name in MODELS:
         version = client.get_model_version_by_alias(name, tracking.CHAMPION)
-        assert client.get_model_version_by_alias(name, tracking.CHALLENGER).version == version.version
+        challenger = client.get_model_version_by_alias(name, tracking.CHALLENGER)
+        if version.tags.get("model_kind") == "baseline":  # the learnt lookalike lost to the baseline served instead
+            assert name.startswith("lookalike") and "loses to baseline" in challenger.tags["loses_to_baseline"]
+        else:
+            assert challenger.version == version.version
         run = client.get_run(version.run_id)
         if not name.startswith("lookalike"):  # lookalikes are nested in one parent run
             assert run.data.params["customers_modelled"] == str(TRAINED_CUSTOMERS), name
@@ -121,6 +127,23 @@ def test_a_worse_challenger_never_replaces_the_champion(trained) -> None:
     assert not decision.promoted and "worse" in decision.reason
     assert client.get_model_version_by_alias("clv", tracking.CHAMPION).version == champion.version
     assert str(client.get_model_version_by_alias("clv", tracking.CHALLENGER).version) == decision.challenger_version
+
+
+def test_every_gate_decision_weighs_the_best_baseline_on_the_same_window(trained) -> None:
+    config, result = trained
+    client = tracking.setup_tracking(config)
+    headline: dict[str, object] = {}
+    for r in result.reports:  # the first report of a model is the one its gate decided on
+        headline.setdefault(r.name, r)
+    for report in headline.values():
+        decision = json.loads(mlflow.artifacts.load_text(f"runs:/{report.run_id}/promotion_decision.json"))
+        best, value = report.best_baseline
+        assert (decision["baseline"], decision["baseline_value"]) == (best, pytest.approx(value)), report.name
+        loses = report.model_value < value - 0.002 if report.higher_is_better else report.model_value > value
+        assert decision["loses_to_baseline"] == loses, report.name
+        assert (report.gate_note is not None) == loses and (not loses or "loses to baseline" in report.gate_note)
+        tags = client.get_run(report.run_id).data.tags
+        assert tags["promotion.baseline"] == best and tags["promotion.loses_to_baseline"] == str(loses)
 
 
 def test_a_failed_run_registers_nothing(trained, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,6 +40,8 @@ DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 WHITESPACE = r"\s+"
 # An order id made of this mark and a number, where other ids are plain numbers, is a cancellation.
 CANCELLED_MARK = "C"
+# An explicit --date-format that fails on more than this share of the dates is the wrong one.
+MAX_FORMAT_FAILURES = 0.25
 
 
 class IngestError(ValueError):
@@ -183,6 +185,7 @@ def normalize(table: str, source: pd.DataFrame, options: ImportOptions) -> Norma
     values were read and, for transactions, the reconciliation with the file's revenue.
     Raises ``IngestError`` naming any required column that is missing.
     """
+    _check_targets(options.columns)
     renamed = _rename(table, source, options.columns)
     notes: list[str] = []
     keep = [c for c in REQUIRED_COLUMNS[table] + OPTIONAL_COLUMNS[table] if c in renamed.columns]
@@ -200,7 +203,15 @@ def normalize(table: str, source: pd.DataFrame, options: ImportOptions) -> Norma
     flag(frame["customer_id"].isna() | (frame["customer_id"] == ""), "missing customer_id")
 
     ts_col = TIMESTAMP_COLUMN[table]
-    frame[ts_col] = _parse_timestamps(frame[ts_col], options)
+    given = frame[ts_col].notna()
+    frame[ts_col] = _parse_timestamps(frame[ts_col], options, notes)
+    failed = given & frame[ts_col].isna()
+    if options.date_format and given.sum() and failed.sum() > MAX_FORMAT_FAILURES * given.sum():
+        example = renamed.loc[failed, ts_col].iloc[0]
+        raise IngestError(
+            f"{table}: --date-format {options.date_format!r} fails on {int(failed.sum()):,} of {int(given.sum()):,} "
+            f"{ts_col} values (e.g. {example!r}); the rows it reads may be misread too: check the format"
+        )
     flag(frame[ts_col].isna(), f"unparseable {ts_col}")
     as_of = pd.Timestamp(options.as_of or datetime.now(UTC))
     as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
@@ -227,7 +238,10 @@ def normalize(table: str, source: pd.DataFrame, options: ImportOptions) -> Norma
     quarantined = renamed[bad].astype("string").assign(reason=reason[bad].astype("string"))
     clean = _canonical_types(table, frame[~bad])
     if table == "transactions":
-        books = _reconcile(frame, bad)
+        readable = frame["amount"].notna() & np.isfinite(frame["amount"].fillna(0))
+        books = reconcile(
+            clean, math.fsum(frame.loc[readable, "amount"]), math.fsum(frame.loc[readable & bad, "amount"])
+        )
     return Normalized(clean.reset_index(drop=True), quarantined.reset_index(drop=True), notes, books)
 
 
@@ -288,25 +302,22 @@ def _cancelled_prefix(order_ids: pd.Series, given: str | None) -> str:
     return ""
 
 
-def _reconcile(frame: pd.DataFrame, bad: pd.Series) -> Reconciliation:
-    readable = frame["amount"].notna() & np.isfinite(frame["amount"].fillna(0))
-    clean = frame[~bad]
-    if "order_id" in clean:
-        order = clean["order_id"].fillna(pd.Series(clean.index.astype(str), index=clean.index).radd("row:"))
-    else:
-        order = pd.Series(clean.index.astype(str), index=clean.index)
-    bought, refunded = clean["amount"] > 0, clean["amount"] < 0
-    orders = pd.MultiIndex.from_arrays([clean["customer_id"][bought], order[bought]]).nunique()
-    refund_orders = pd.MultiIndex.from_arrays([clean["customer_id"][refunded], order[refunded]]).nunique()
+def reconcile(kept: pd.DataFrame, revenue_read: float, revenue_quarantined: float) -> Reconciliation:
+    """The books of the rows kept: orders (lines of one order count once), refunds, revenue."""
+    order = kept["order_id"] if "order_id" in kept else pd.Series(pd.NA, index=kept.index, dtype="object")
+    order = order.astype(object).where(order.notna(), "row " + pd.Series(range(len(kept)), index=kept.index).astype(str))
+    bought, refunded = kept["amount"] > 0, kept["amount"] < 0
+    orders = pd.MultiIndex.from_arrays([kept["customer_id"][bought], order[bought]]).nunique()
+    refund_orders = pd.MultiIndex.from_arrays([kept["customer_id"][refunded], order[refunded]]).nunique()
     return Reconciliation(
-        lines=len(clean),
+        lines=len(kept),
         orders=int(orders),
         lines_merged=int(bought.sum() - orders),
         refund_lines=int(refunded.sum()),
         refund_orders=int(refund_orders),
-        revenue_read=math.fsum(frame.loc[readable, "amount"]),
-        revenue_quarantined=math.fsum(frame.loc[readable & bad, "amount"]),
-        revenue_imported=math.fsum(clean["amount"]),
+        revenue_read=revenue_read,
+        revenue_quarantined=revenue_quarantined,
+        revenue_imported=math.fsum(kept["amount"]),
     )
 
 
@@ -354,10 +365,7 @@ def ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> li
     unknown = set(sources) - set(REQUIRED_COLUMNS)
     if unknown:
         raise IngestError(f"unknown table(s): {sorted(unknown)}")
-    canonical = {c for table in REQUIRED_COLUMNS for c in REQUIRED_COLUMNS[table] + OPTIONAL_COLUMNS[table]}
-    unknown_targets = sorted(set(options.columns) - canonical)
-    if unknown_targets:
-        raise IngestError(f"cannot map to unknown canonical column(s) {unknown_targets}")
+    _check_targets(options.columns)
     planned: list[tuple[TableReport, pd.DataFrame, pd.DataFrame]] = []
     for table, source_path in sources.items():
         source, read_notes = read_source(source_path, options.delimiter)
@@ -381,7 +389,10 @@ def ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> li
             rows_quarantined=len(quarantined),
             reasons=quarantined["reason"].value_counts().to_dict() if len(quarantined) else {},
             notes=[*read_notes, *result.notes],
-            books=_with_conflicts(result.books, conflicts),
+            books=result.books if result.books is None or conflicts.empty else reconcile(
+                result.clean.drop(index=conflicts.index), result.books.revenue_read,
+                result.books.revenue_quarantined + math.fsum(conflicts["amount"]),
+            ),
         )
         planned.append((report, merged, quarantined))
 
@@ -397,21 +408,11 @@ def ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> li
     return [report for report, _, _ in planned]
 
 
-def _with_conflicts(books: Reconciliation | None, conflicts: pd.DataFrame) -> Reconciliation | None:
-    """Rows refused against the existing table move from imported to quarantined revenue."""
-    if books is None or conflicts.empty:
-        return books
-    moved = math.fsum(conflicts["amount"])
-    return Reconciliation(
-        lines=books.lines - len(conflicts),
-        orders=books.orders,
-        lines_merged=books.lines_merged,
-        refund_lines=books.refund_lines,
-        refund_orders=books.refund_orders,
-        revenue_read=books.revenue_read,
-        revenue_quarantined=books.revenue_quarantined + moved,
-        revenue_imported=books.revenue_imported - moved,
-    )
+def _check_targets(columns: dict[str, str]) -> None:
+    canonical = {c for table in REQUIRED_COLUMNS for c in REQUIRED_COLUMNS[table] + OPTIONAL_COLUMNS[table]}
+    unknown_targets = sorted(set(columns) - canonical)
+    if unknown_targets:
+        raise IngestError(f"cannot map to unknown canonical column(s) {unknown_targets}; known: {sorted(canonical)}")
 
 
 def _rename(table: str, source: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
@@ -424,6 +425,8 @@ def _rename(table: str, source: pd.DataFrame, columns: dict[str, str]) -> pd.Dat
     missing = [c for c in required if c not in frame.columns]
     if missing:
         hint = " (or quantity and unit_price)" if "amount" in missing else ""
+        absent = [f"{c} <- {columns[c]!r}" for c in missing if c in columns]
+        hint += f"; mapped from column(s) the file lacks: {', '.join(absent)}" if absent else ""
         raise IngestError(
             f"{table}: missing required column(s) {', '.join(missing)}{hint}; "
             f"file has {', '.join(map(str, source.columns))} (map names with --column CANONICAL=NAME)"
@@ -435,25 +438,45 @@ def _read_ids(values: pd.Series, column: str) -> tuple[pd.Series, list[str]]:
     """Ids as text; a column of float-formatted integers (``17850.0``, a spreadsheet's) as integers."""
     text = values.astype("string").str.strip().replace("", pd.NA)
     present = text.dropna()
-    if len(present) and present.str.contains(".", regex=False).any() and present.str.fullmatch(r"-?\d+(\.0*)?").all():
-        return text.str.replace(r"\.0*$", "", regex=True), [f"{column}: float-formatted integers read as integers (17850.0 -> 17850)"]
+    if len(present) and present.str.contains(r"[.,]").any() and present.str.fullmatch(r"-?\d+([.,]0*)?").all():
+        note = f"{column}: float-formatted integers read as integers (17850.0 or 17850,0 -> 17850)"
+        return text.str.replace(r"[.,]0*$", "", regex=True), [note]
     return text, []
 
 
-def _parse_timestamps(values: pd.Series, options: ImportOptions) -> pd.Series:
+def _parse_timestamps(values: pd.Series, options: ImportOptions, notes: list[str]) -> pd.Series:
+    """UTC timestamps. Without a format, dates such as 12/1/2010 are read month-first or
+    day-first as the file shows (a first part above 12 means day-first), the same for every row."""
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
     else:
         text = values.astype("string").str.strip()
-        fmt = options.date_format or "mixed"
+        fmt, dayfirst = options.date_format or "mixed", False
         if options.date_format is None and text.dropna().str.fullmatch(r"\d{8}").all() and text.notna().any():
             fmt = "%Y%m%d"  # 19970101: compact ISO dates, which "mixed" would read as numbers
-        parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=False)
+        elif options.date_format is None:
+            dayfirst = _day_first(text, notes)
+        parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=False, dayfirst=dayfirst)
         if parsed.dtype == object:  # mixed offsets: normalise each value to UTC
-            parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
+            parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=True, dayfirst=dayfirst)
     if getattr(parsed.dt, "tz", None) is None:
         parsed = parsed.dt.tz_localize(options.timezone, ambiguous="NaT", nonexistent="NaT")
     return parsed.dt.tz_convert("UTC").astype(UTC_TIMESTAMP)
+
+
+def _day_first(text: pd.Series, notes: list[str]) -> bool:
+    """Whether numeric dates (d/m/y or m/d/y) put the day first; an error when rows disagree."""
+    parts = text.str.extract(r"^(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b").astype(float)
+    if parts[0].notna().mean() < 0.5:
+        return False
+    day_first, month_first = bool((parts[0] > 12).any()), bool((parts[1] > 12).any())
+    if day_first and month_first:
+        raise IngestError("dates are day-first on some rows and month-first on others: give --date-format")
+    if day_first or month_first:
+        notes.append(f"dates read {'day' if day_first else 'month'}-first (a part above 12 says so)")
+    else:
+        notes.append("dates read month-first: no part above 12 tells; give --date-format if they are day-first")
+    return day_first
 
 
 def _parse_number(values: pd.Series, decimal: str) -> tuple[pd.Series, str]:

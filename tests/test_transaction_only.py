@@ -1,0 +1,86 @@
+"""A bare transaction log (customer_id, timestamp, amount: no customers or events table, no
+optional column) through every command: ingest, train, score, serve, backtest."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from training.cli import app
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from training.data.generate import GenerationSpec, generate
+    from training.data.schemas import OPTIONAL_COLUMNS
+
+    generated = tmp_path_factory.mktemp("bare-generated")
+    spec = GenerationSpec(customers=700, seed=11, start=date(2023, 11, 1), days=1095, transactions_only=True,
+                          omit_columns=tuple(OPTIONAL_COLUMNS["transactions"]))
+    generate(spec, generated)
+    export = generated / "log.csv"
+    pd.read_parquet(generated / "raw" / "transactions.parquet").rename(
+        columns={"customer_id": "client", "timestamp": "date", "amount": "total"}
+    ).to_csv(export, index=False)
+    data = tmp_path_factory.mktemp("bare-data")
+    runner = CliRunner()
+    steps = [
+        ["ingest", "--transactions", str(export), "--column", "customer_id=client", "--column", "timestamp=date",
+         "--column", "amount=total", "--data-dir", str(data), "--as-of", "2100-01-01"],
+        ["train", "--data-dir", str(data), "--trials", "1", "--set", "models.max_rounds=120",
+         "--set", "models.timeout_seconds=30"],
+        ["score", "--data-dir", str(data)],
+    ]
+    outputs = {}
+    for args in steps:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, f"{args[0]}: {result.output}"
+        outputs[args[0]] = result.output
+    return {"data": data, "export": export, **outputs}
+
+
+def test_every_customer_without_a_consent_record_is_scored_by_default(bare) -> None:
+    assert not (bare["data"] / "raw" / "customers.parquet").exists()
+    scores = pd.read_parquet(bare["data"] / "predictions" / "scores.parquet")
+    log = pd.read_parquet(bare["data"] / "raw" / "transactions.parquet")
+    assert set(scores["customer_id"]) == set(log["customer_id"])
+    assert scores[["p_churn", "expected_purchases", "expected_revenue"]].notna().all().all()
+    assert "had no consent record, scored by policy" in bare["score"].replace("\n", " ")
+    # the data directory owns its model store: nothing went to the repository's mlflow/
+    assert (bare["data"] / "mlflow" / "mlflow.db").exists()
+
+
+def test_the_endpoint_serves_a_bare_log(bare) -> None:
+    """`bentoml serve` as a real process (a second in-process app would clash with the other
+    endpoint tests' metrics): a customer with no consent record gets a profile."""
+    import httpx
+
+    from serving.server import ServerFailed, running_server
+    from training.config import config_from_env
+
+    scores = pd.read_parquet(bare["data"] / "predictions" / "scores.parquet").set_index("customer_id")
+    customer = scores.index[0]
+    try:
+        with running_server(config_from_env(bare["data"], environ={})) as url:
+            response = httpx.post(f"{url}/profile", json={"customer_ids": [customer]}, timeout=60)
+    except ServerFailed as error:
+        pytest.fail(str(error))
+    assert response.status_code == 200, response.text
+    [profile] = response.json()["profiles"]
+    assert 0 <= profile["indicators"]["p_churn"] <= 1
+    assert profile["indicators"]["lookalike_sustainable_score"] is None  # no category column: no seed
+
+
+def test_backtest_runs_on_a_bare_log(bare, tmp_path: Path) -> None:
+    out = tmp_path / "predictions.csv"
+    result = CliRunner().invoke(
+        app,
+        ["backtest", "--transactions", str(bare["export"]), "--column", "customer_id=client", "--column", "timestamp=date",
+         "--column", "amount=total", "--cutoff", "2025-06-30", "--horizon-days", "90", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(out)["p_churn"].between(0, 1).all()
