@@ -1,6 +1,6 @@
 -- Transactional features per customer as of $cutoff (inclusive), from the canonical log.
--- Rows may be line items: the lines of an order (same order_id) are one order, its purchase
--- lines apart from its refund lines. A row without an order_id is an order of its own.
+-- Rows may be line items: order features read the orders of orders.sql, category shares
+-- read the purchase lines.
 -- A purchase is a distinct UTC purchase day with positive spend (BTYD convention);
 -- refunds (negative amounts) are netted into revenue and counted in the refund rate.
 -- Optional columns a log lacks are NULL here (see snapshots.connect), and so are the
@@ -9,19 +9,15 @@
 -- Every float aggregate takes its inputs in sorted order (ORDER BY inside the aggregate):
 -- DuckDB combines parallel partial sums in varying order, and the last bits then differed
 -- between two builds of the same data. Means of 0/1 values are exact and need no order.
-WITH lines AS (
-    SELECT customer_id, "timestamp" AS ts, amount, discount,
-           lower(category) AS category,
-           coalesce(order_id, 'row ' || row_number() OVER ()) AS order_key
+WITH lines AS (  -- for per-line features (category shares); orders come from orders.sql
+    SELECT customer_id, amount, lower(category) AS category
     FROM transactions
     WHERE "timestamp" <= $cutoff AND amount <> 0
 ),
 tx AS (
-    SELECT customer_id, min(ts) AS ts, sum(amount ORDER BY amount) AS amount,
-           max(discount) AS discount,
-           date_trunc('day', min(ts)) AS day
-    FROM lines
-    GROUP BY customer_id, order_key, amount > 0
+    SELECT customer_id, ts, amount, discount, date_trunc('day', ts) AS day
+    FROM orders
+    WHERE ts <= $cutoff
 ),
 purchase_days AS (
     SELECT customer_id, day, sum(amount ORDER BY amount) AS day_amount

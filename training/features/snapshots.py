@@ -96,7 +96,11 @@ def read_sql(name: str) -> str:
 
 
 def snapshot_frame(con: duckdb.DuckDBPyConnection, view: str, cutoff: datetime):
-    """One view's features for every customer as of ``cutoff`` (inclusive), as a DuckDB relation."""
+    """One view's features for every customer as of ``cutoff`` (inclusive), as a DuckDB relation.
+
+    The orders of the line items are grouped once per connection (``orders.sql``), not once
+    per snapshot date."""
+    con.execute(read_sql("orders.sql"))
     return con.sql(read_sql(SNAPSHOT_VIEWS[view]), params={"cutoff": as_utc(cutoff)})
 
 
