@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from serving.consent import may_score, unrecorded
+from serving.consent import may_score, policy_for, unrecorded
 from serving.scoring import Champions, value_tiers, value_tiers_of
 from training.config import Config
 from training.dataset import features_at
@@ -61,16 +61,17 @@ def score_all(config: Config, slice_size: int = 250_000) -> ScoreSummary:
     as_of = data_end(paths)
     profile = pd.read_parquet(paths.features / "customer_profile.parquet", columns=["customer_id", "profiling_consent"])
     values = profile["profiling_consent"].tolist()
-    consent = pd.Series(may_score(values, config.scoring.unknown_consent), index=profile.index)
-    no_record = int(unrecorded(values).sum())
+    policy = policy_for(paths, config.scoring.unknown_consent)
+    consent = pd.Series(may_score(values, policy), index=profile.index)
+    no_record = 0 if policy != config.scoring.unknown_consent else int(unrecorded(values).sum())
     ids = profile.loc[consent, "customer_id"].sort_values().to_numpy()
     if not len(ids):
-        raise NothingToScore(
-            f"nobody to score among {len(profile):,} customers: {len(profile) - no_record:,} refused profiling and "
-            f"{no_record:,} have no consent record, which the policy unknown_consent="
-            f"{config.scoring.unknown_consent!r} leaves out (INDICATORS_UNKNOWN_CONSENT=score or "
-            "`indicators score --unknown-consent score` scores them)"
-        )
+        if no_record:
+            why = (f"{no_record:,} have no consent record, which the policy unknown_consent='skip' leaves out "
+                   "(INDICATORS_UNKNOWN_CONSENT=score or `indicators score --unknown-consent score` scores them)")
+        else:
+            why = "nobody has given profiling consent (an empty consent value is not consent)"
+        raise NothingToScore(f"nobody to score among {len(profile):,} customers: {why}")
     seconds["load"] = time.perf_counter() - clock
     tables = []
     seconds["features"] = seconds["scoring"] = 0.0

@@ -17,7 +17,7 @@ import pandas as pd
 from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI
 
-from serving.consent import may_score
+from serving.consent import may_score, policy_for
 from serving.schemas import ExplainRequest, LookalikeRequest, ProfileRequest, ScoreRequest
 from serving.scoring import Champions, lookalike_audience_response, value_tiers_of
 from training.config import config_from_env
@@ -51,6 +51,7 @@ class CustomerIndicators:
         online = self.config.paths.feast / "online_store.db"
         if self.config.feast.online_store == "sqlite" and not online.exists():
             raise RuntimeError(f"no online store at {online}: run `make train` (or `indicators features`) first")
+        self.unknown_consent = policy_for(self.config.paths, self.config.scoring.unknown_consent)
         self.champions = Champions.load(self.config)  # raises ChampionMissing with the fix in its message
         self.store = feature_store.feature_store(self.config)
         self.reader = feature_store.OnlineReader.of(self.store)
@@ -89,7 +90,7 @@ class CustomerIndicators:
         # Sorted on the lists as read: with pandas this took a millisecond of a one-customer call.
         ids = values["customer_id"]
         found = [signup is not None for signup in values["signup_at"]]
-        consent = may_score(values["profiling_consent"], self.config.scoring.unknown_consent).tolist()
+        consent = may_score(values["profiling_consent"], self.unknown_consent).tolist()
         keep = [i for i, (f, c) in enumerate(zip(found, consent, strict=True)) if f and c]
         scored = values if len(keep) == len(ids) else {name: [column[i] for i in keep] for name, column in values.items()}
         profiles = self.champions.score(_frame(scored), moment, reasons=reasons) if keep else []

@@ -29,6 +29,7 @@ OUTPUT_COLUMNS = [
     "next_purchase_days",
 ]
 MIN_HISTORY_DAYS = 56
+MIN_BUYERS = 20  # below this a fitted model says nothing a reader could trust
 
 
 class BacktestError(ValueError):
@@ -55,6 +56,9 @@ def run_backtest(
     bought = log.loc[log["amount"] > 0, "timestamp"]
     if bought.empty:
         raise BacktestError("no purchase at or before the cutoff")
+    buyers = log.loc[log["amount"] > 0, "customer_id"].nunique()
+    if buyers < MIN_BUYERS:
+        raise BacktestError(f"{buyers} customers bought before the cutoff; at least {MIN_BUYERS} are needed to fit a model")
     history = (cutoff - bought.min()).total_seconds() / 86_400
     if history < MIN_HISTORY_DAYS:
         raise BacktestError(f"{history:.0f} days of history before the cutoff; at least {MIN_HISTORY_DAYS} are needed")

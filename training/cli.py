@@ -16,6 +16,7 @@ from rich.table import Table
 
 from training.config import (
     DEFAULT_EXPERIMENT,
+    Config,
     ConfigError,
     ScoringSettings,
     SnapshotPlan,
@@ -66,6 +67,14 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _config(*args, **kwargs) -> Config:
+    """``config_from_env``, its errors (a bad environment variable) as a clear message."""
+    try:
+        return config_from_env(*args, **kwargs)
+    except ConfigError as error:
+        _fail(str(error))
+
+
 @app.command()
 def generate(
     customers: Annotated[int, typer.Option(min=1, help="Number of customers to generate.")] = 20_000,
@@ -95,7 +104,7 @@ def generate(
     from training.data.generate import GenerationSpec
     from training.data.generate import generate as run_generation
 
-    out = config_from_env(out).data_dir
+    out = _config(out).data_dir
     spec = GenerationSpec(
         customers=customers, seed=seed, start=start.date(), days=days,
         line_items=line_items, omit_columns=tuple(omit), transactions_only=transactions_only,
@@ -180,7 +189,7 @@ def ingest(
         cancelled_prefix=cancelled_prefix,
         as_of=as_of,
     )
-    config = config_from_env(data_dir)
+    config = _config(data_dir)
     try:
         reports = run_ingest(config.paths, sources, options)
     except IngestError as error:
@@ -216,8 +225,11 @@ def _print_books(books) -> None:
         f"their order), {books.refund_lines:,} refund lines in {books.refund_orders:,} refunds"
     )
     console.print(
-        f"revenue (net of refunds): file {books.revenue_read:,.2f} - quarantined {books.revenue_quarantined:,.2f} "
-        f"= imported {books.revenue_imported:,.2f}" + ("" if books.balanced else " [bold red](does not balance)[/]")
+        f"revenue (net of refunds): file {books.revenue_read:,.2f}"
+        + (f" {books.revenue_sign_corrected:+,.2f} for {books.sign_corrected_rows:,} refunds stated as positive"
+           if books.sign_corrected_rows else "")
+        + f" - quarantined {books.revenue_quarantined:,.2f} = imported {books.revenue_imported:,.2f}"
+        + ("" if books.balanced else " [bold red](does not balance)[/]")
     )
 
 
@@ -236,7 +248,7 @@ def features(
     from training.features import store as feature_store
     from training.features.snapshots import build_snapshots, data_end
 
-    config = config_from_env(data_dir, snapshots=SnapshotPlan(months=months, step_days=step_days))
+    config = _config(data_dir, snapshots=SnapshotPlan(months=months, step_days=step_days))
     paths = config.paths
     try:
         latest = as_of if as_of is not None else data_end(paths)
@@ -295,7 +307,7 @@ def train(
     from training.tracking import logged_experiment
     from training.windows import HistoryTooShort
 
-    base = config_from_env(data_dir, mlflow_dir, tracking_uri=tracking_uri)
+    base = _config(data_dir, mlflow_dir, tracking_uri=tracking_uri)
     shortcuts = [f"models.trials={trials}"] * (trials is not None) + [f"seed={seed}"] * (seed is not None)
     try:
         experiment = logged_experiment(base, from_run) if from_run else load_experiment(config_file)
@@ -390,7 +402,7 @@ def score(
 
     began = time.perf_counter()
     try:
-        config = config_from_env(data_dir, mlflow_dir)
+        config = _config(data_dir, mlflow_dir)
         if unknown_consent is not None:
             config = replace(config, scoring=ScoringSettings(unknown_consent=unknown_consent))
         summary = score_all(config)
@@ -413,7 +425,7 @@ def report(
     """Print where the latest training report is (one HTML page per `indicators train`)."""
     from training.report import latest_report, reports_dir
 
-    config = config_from_env(data_dir, mlflow_dir)
+    config = _config(data_dir, mlflow_dir)
     latest = latest_report(config)
     if latest is None:
         _fail(f"no report in {reports_dir(config)}: run `make train` first")

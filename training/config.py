@@ -180,7 +180,7 @@ def config_from_env(
     env = os.environ if environ is None else environ
     data = data_dir if data_dir is not None else Path(env.get("INDICATORS_DATA_DIR") or DEFAULT_DATA_DIR)
     mlflow_store = mlflow_dir if mlflow_dir is not None else env.get("INDICATORS_MLFLOW_DIR") or None
-    scoring = ScoringSettings(unknown_consent=env.get("INDICATORS_UNKNOWN_CONSENT") or "score")
+    scoring = ScoringSettings(unknown_consent=(env.get("INDICATORS_UNKNOWN_CONSENT") or "score").strip().lower())
     return Config(
         data_dir=Path(data), mlflow_dir=Path(mlflow_store) if mlflow_store else None, **{"scoring": scoring, **settings}
     )

@@ -161,6 +161,16 @@ def _btyd(data: ModelingData, config: Config, cutoff: datetime) -> pd.DataFrame:
     return data.btyd_cache[key]
 
 
+def _pareto(data: ModelingData, config: Config, cutoff: datetime) -> pd.DataFrame:
+    key = ("pareto_nbd", cutoff)
+    if key not in data.btyd_cache:
+        s = config.models
+        data.btyd_cache[key] = baselines.pareto_nbd_predictions(
+            data.transactions, cutoff, s.purchase_horizons, s.expected_purchases_horizon_days, s.clv_horizon_days
+        )
+    return data.btyd_cache[key]
+
+
 def _aligned(frame: pd.DataFrame, predictions: pd.DataFrame, column: str) -> np.ndarray:
     return frame[["customer_id"]].merge(predictions[["customer_id", column]], on="customer_id", how="left")[column].to_numpy()
 
@@ -206,6 +216,7 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
     candidates = {
         "model": p_churn,
         "btyd": 1 - _aligned(test, btyd, f"p_purchase_{churn_h}d"),
+        "pareto_nbd": 1 - _aligned(test, _pareto(data, config, w.test), f"p_purchase_{churn_h}d"),
         "rfm": rfm.predict(test),
     }
     oracle = _oracle(data, config, w.test)
@@ -224,6 +235,7 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
         preds = {
             "model": model.purchase_curve(t)[f"p_purchase_{h}d"].to_numpy(),
             "btyd": _aligned(t, _btyd(data, config, wh.test), f"p_purchase_{h}d"),
+            "pareto_nbd": _aligned(t, _pareto(data, config, wh.test), f"p_purchase_{h}d"),
             "rfm": baselines.RfmCells().fit(sets[h][0], sets[h][1]).predict(t),
         }
         o = _oracle(data, config, wh.test)
@@ -251,12 +263,12 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
     )
     churn_report = ModelReport(
         "purchase_timing", "churn", "auc", True, headline["model"],
-        {k: headline[k] for k in ("btyd", "rfm")}, headline.get("oracle"), report.promoted, report.version, metrics,
+        {k: headline[k] for k in ("btyd", "pareto_nbd", "rfm")}, headline.get("oracle"), report.promoted, report.version, metrics,
         report.run_id, gate_note=report.gate_note,
     )
     next_report = ModelReport(
         "purchase_timing", f"p_purchase_{s.purchase_horizons[2]}d", "auc", True, next_auc["model"],
-        {k: next_auc[k] for k in ("btyd", "rfm")}, next_auc.get("oracle"), report.promoted, report.version, metrics,
+        {k: next_auc[k] for k in ("btyd", "pareto_nbd", "rfm")}, next_auc.get("oracle"), report.promoted, report.version, metrics,
         report.run_id, gate_note=report.gate_note,
     )
     return [churn_report, next_report]
@@ -329,6 +341,7 @@ def train_expected_purchases(config: Config, data: ModelingData, client, on_step
     preds = {
         "model": model.predict(test)["expected_purchases"].to_numpy(),
         "btyd": _aligned(test, _btyd(data, config, w.test), "expected_purchases"),
+        "pareto_nbd": _aligned(test, _pareto(data, config, w.test), "expected_purchases"),
         "rfm": baselines.RfmCells().fit(fit, fit[label].to_numpy(float)).predict(test),
     }
     o = _oracle(data, config, w.test)
@@ -380,6 +393,7 @@ def train_clv(config: Config, data: ModelingData, client, on_step: Step) -> list
     preds = {
         "model": predicted["expected_revenue"].to_numpy(),
         "btyd": _aligned(test, _btyd(data, config, w.test), "expected_revenue"),
+        "pareto_nbd": _aligned(test, _pareto(data, config, w.test), "expected_revenue"),
         "rfm": baselines.RfmCells(use_monetary=True).fit(fit, fit[label].to_numpy(float)).predict(test),
     }
     o = _oracle(data, config, w.test)

@@ -11,10 +11,13 @@ min(horizon, half the history); nothing after the cutoff is read.
    the model's log expectation (``init_score``), rescaled so it only moves customers relative
    to each other. Corrections are fitted on 70% of the customers; the candidate with the
    lowest Poisson deviance on the other 30% wins.
-2. **Level** at the longest inner horizon: short windows that end at the cutoff and long
-   ones disagree on the level (seasonality), and only the long ones speak to a long horizon.
-3. **Probabilities** come from the chosen model's exact P(no purchase in t), its purchase
-   rate scaled by the same factors (a Poisson process: P0 ** factor).
+2. **Level** at the longest inner horizon the history allows: short windows ending at the
+   cutoff and long ones disagree on the level (seasonality, on CDNOW), and only a long one
+   speaks to a long horizon. The level is fragile where the holdout holds a season the
+   calibration period does not.
+3. **Probabilities** come from the chosen model's exact P(no purchase in t), raised to the
+   same factors (exact for a Poisson process with a scaled rate; for these mixtures an
+   approximation that slightly understates churn where the factor is far from 1).
 4. **Revenue**: expected purchases x Gamma-Gamma spend (each customer's own mean when spend
    does not vary), net of the log's refund share; P10/P90 from posterior draws, at quantile
    levels that cover 80% of the inner window's revenues.
@@ -222,8 +225,9 @@ def choose(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed:
         candidates = {model: (expected, False), f"{model}+level": (expected * level, False)}
         x = _shape_features(transactions, inner_cutoff, summary, fit, inner_horizon)
         booster = _booster(x[fitting], actual[fitting], np.log(np.maximum(expected[fitting], 1e-9)), ids[fitting], seed, threads)
-        if booster.best_iteration > 0:
-            candidates[f"{model}+level+boost"] = (expected * level * _relative(booster, x, expected), True)
+        # Early stopping keeps at least one tree: whether the correction earns its place is the
+        # one-SE rule's call below, on customers it was not fitted on.
+        candidates[f"{model}+level+boost"] = (expected * level * _relative(booster, x, expected), True)
         for name, (predicted, boosted) in candidates.items():
             per_customer[name] = unit_deviance(actual[scoring], predicted[scoring])
             described[name] = (model, boosted)

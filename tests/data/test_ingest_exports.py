@@ -200,3 +200,27 @@ def test_rows_refused_against_the_existing_table_leave_the_books_consistent(tmp_
     assert report.rows_added == 1 and report.reasons["order_id already imported for another customer"] == 8
     assert (report.books.lines, report.books.orders, report.books.refund_lines) == (1, 1, 0)
     assert report.books.balanced and round(report.books.revenue_imported, 2) == round(6 * 4.25, 2)
+
+
+def test_refunds_stated_as_positive_amounts_are_signed_and_shown_in_the_books(tmp_path: Path) -> None:
+    text = "customer_id,timestamp,amount,quantity\na,2025-01-02,100,1\na,2025-01-05,40,-1\n"
+    result = normalize("transactions", pd.read_csv(_lines(tmp_path, text), dtype=str), ImportOptions(as_of=AS_OF))
+    books = result.books
+    assert (books.revenue_read, books.sign_corrected_rows, books.revenue_sign_corrected) == (140.0, 1, -80.0)
+    assert books.revenue_imported == 60.0 and books.balanced
+
+
+def test_thousands_separators_are_not_read_as_decimal_marks() -> None:
+    from training.data.ingest import _parse_number
+
+    us, mark = _parse_number(pd.Series(["1,234.50", "2,000.00", "12.50"], dtype="string"), "auto")
+    assert us.tolist() == [1234.5, 2000.0, 12.5] and mark == "."
+    european, mark = _parse_number(pd.Series(["12,50", "1.234,75", "3"], dtype="string"), "auto")
+    assert european.tolist() == [12.5, 1234.75, 3.0] and mark == ","
+
+
+def test_a_returns_export_of_cancellations_only_imports(tmp_path: Path) -> None:
+    text = "order,customer,when,total\nC1,a,2025-01-02,10\nC2,b,2025-01-03,5\n"
+    options = ImportOptions(columns={"order_id": "order", "customer_id": "customer", "timestamp": "when", "amount": "total"}, as_of=AS_OF)
+    result = normalize("transactions", pd.read_csv(_lines(tmp_path, text), dtype=str), options)
+    assert (result.clean["amount"] < 0).all()

@@ -103,30 +103,30 @@ def test_withdrawn_consent_clears_the_stored_indicators(trained) -> None:
 
 
 def test_customers_without_a_consent_record_are_scored_by_the_stated_policy(trained) -> None:
-    """A transaction-only import has no consent column: by default those customers are scored;
-    under "skip" they are not, and with nobody left the error says why. A refusal never is."""
+    """An empty value in a consent column is not consent: never scored. With no consent column
+    at all (a transaction-only import), the policy decides: scored by default, not under "skip",
+    and with nobody left the error says why. A refusal is never scored."""
     config, _ = trained
     profile_file = config.paths.features / "customer_profile.parquet"
-    original = pd.read_parquet(profile_file)
-    refused = set(original.loc[original["profiling_consent"] == False, "customer_id"])  # noqa: E712
-    unknown = original["customer_id"].isin(original["customer_id"].iloc[:300]) & (original["profiling_consent"] == True)  # noqa: E712
+    raw_file = config.paths.raw_table("customers")
+    profile, raw = pd.read_parquet(profile_file), pd.read_parquet(raw_file)
+    refused = set(profile.loc[profile["profiling_consent"] == False, "customer_id"])  # noqa: E712
+    empty = profile["customer_id"].isin(profile["customer_id"].iloc[:300]) & (profile["profiling_consent"] == True)  # noqa: E712
+    skip = replace(config, scoring=ScoringSettings(unknown_consent="skip"))
     try:
-        original.assign(profiling_consent=original["profiling_consent"].mask(unknown, None)).to_parquet(profile_file)
-        by_default = score_all(config)
-        default_ids = set(pd.read_parquet(by_default.parquet)["customer_id"])
-        skipping = score_all(replace(config, scoring=ScoringSettings(unknown_consent="skip")))
-        skip_ids = set(pd.read_parquet(skipping.parquet)["customer_id"])
-        original.assign(profiling_consent=None).to_parquet(profile_file)
-        with pytest.raises(NothingToScore, match="no consent record.*unknown_consent='skip'"):
-            score_all(replace(config, scoring=ScoringSettings(unknown_consent="skip")))
+        profile.assign(profiling_consent=profile["profiling_consent"].mask(empty, None)).to_parquet(profile_file)
+        with_column = set(pd.read_parquet(score_all(config).parquet)["customer_id"])
+        raw.drop(columns="profiling_consent").to_parquet(raw_file)
+        profile.assign(profiling_consent=None).to_parquet(profile_file)
         everyone = score_all(config)
+        with pytest.raises(NothingToScore, match="no consent record.*unknown_consent='skip'"):
+            score_all(skip)
     finally:
-        original.to_parquet(profile_file)
-    unknown_ids = set(original.loc[unknown, "customer_id"])
-    assert unknown_ids and unknown_ids <= default_ids and not unknown_ids & skip_ids
-    assert not refused & (default_ids | skip_ids)
-    assert by_default.without_consent_record == len(unknown_ids) == skipping.skipped_without_consent - len(refused)
-    assert everyone.scored == len(original)
+        profile.to_parquet(profile_file)
+        raw.to_parquet(raw_file)
+    empty_ids = set(profile.loc[empty, "customer_id"])
+    assert empty_ids and not empty_ids & with_column and not refused & with_column
+    assert everyone.scored == len(profile) and everyone.without_consent_record == len(profile)
 
 
 @pytest.mark.services

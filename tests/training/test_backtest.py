@@ -82,6 +82,10 @@ def test_nothing_after_the_cutoff_is_read(log: pd.DataFrame, result) -> None:
 def test_too_little_history_is_a_clear_error(log: pd.DataFrame) -> None:
     with pytest.raises(BacktestError, match="days of history"):
         run_backtest(log, datetime(2025, 2, 15, tzinfo=UTC), 90)
+    buyers = log.loc[(log["timestamp"] <= CUTOFF) & (log["amount"] > 0), "customer_id"].unique()[:5]
+    few = log[log["customer_id"].isin(buyers)]
+    with pytest.raises(BacktestError, match="^5 customers bought"):
+        run_backtest(few, CUTOFF, 90)
 
 
 @pytest.mark.slow

@@ -78,13 +78,16 @@ class Reconciliation:
     lines_merged: int  # purchase lines that joined another line's order
     refund_lines: int
     refund_orders: int
-    revenue_read: float  # every row with a readable amount
+    revenue_read: float  # every row with a readable amount, as the file states it
+    sign_corrected_rows: int  # refunds the file states as positive amounts
+    revenue_sign_corrected: float  # what counting them as negative changed
     revenue_quarantined: float
-    revenue_imported: float  # clean rows: revenue_read - revenue_quarantined
+    revenue_imported: float  # the clean rows, summed on their own
 
     @property
     def balanced(self) -> bool:
-        return round(self.revenue_read - self.revenue_quarantined, 2) == round(self.revenue_imported, 2)
+        expected = self.revenue_read + self.revenue_sign_corrected - self.revenue_quarantined
+        return round(expected, 2) == round(self.revenue_imported, 2)
 
 
 @dataclass
@@ -236,11 +239,15 @@ def normalize(table: str, source: pd.DataFrame, options: ImportOptions) -> Norma
 
     bad = reason != ""
     quarantined = renamed[bad].astype("string").assign(reason=reason[bad].astype("string"))
-    clean = _canonical_types(table, frame[~bad])
+    clean = _canonical_types(table, frame[~bad].drop(columns="_file_amount", errors="ignore"))
     if table == "transactions":
         readable = frame["amount"].notna() & np.isfinite(frame["amount"].fillna(0))
+        signed = readable & (frame["amount"] != frame["_file_amount"])
         books = reconcile(
-            clean, math.fsum(frame.loc[readable, "amount"]), math.fsum(frame.loc[readable & bad, "amount"])
+            clean,
+            revenue_read=math.fsum(frame.loc[readable, "_file_amount"]),
+            sign_corrections=(int(signed.sum()), math.fsum(frame.loc[signed, "amount"] - frame.loc[signed, "_file_amount"])),
+            revenue_quarantined=math.fsum(frame.loc[readable & bad, "amount"]),
         )
     return Normalized(clean.reset_index(drop=True), quarantined.reset_index(drop=True), notes, books)
 
@@ -268,6 +275,7 @@ def _transaction_values(frame: pd.DataFrame, renamed: pd.DataFrame, options: Imp
     if "discount" in frame:
         flag(frame["discount"] < 0, "negative discount")
 
+    frame["_file_amount"] = frame["amount"]  # as the file states it, for the books
     refund = frame["amount"] < 0
     if "quantity" in frame:
         refund |= frame["quantity"].fillna(0) < 0
@@ -296,14 +304,20 @@ def _cancelled_prefix(order_ids: pd.Series, given: str | None) -> str:
     if given is not None:
         return given
     ids = order_ids.dropna()
-    marked = ids.str.fullmatch(rf"{CANCELLED_MARK}\d+")
-    if marked.any() and ids[~marked].str.fullmatch(r"\d+").mean() >= 0.9:
+    marked = ids.str.fullmatch(rf"{CANCELLED_MARK}\d+").fillna(False)
+    rest = ids[~marked]
+    if marked.any() and (rest.empty or rest.str.fullmatch(r"\d+").fillna(False).mean() >= 0.9):
         return CANCELLED_MARK
     return ""
 
 
-def reconcile(kept: pd.DataFrame, revenue_read: float, revenue_quarantined: float) -> Reconciliation:
-    """The books of the rows kept: orders (lines of one order count once), refunds, revenue."""
+def reconcile(
+    kept: pd.DataFrame, revenue_read: float, sign_corrections: tuple[int, float], revenue_quarantined: float
+) -> Reconciliation:
+    """The books of the rows kept: orders (lines of one order count once), refunds, revenue.
+
+    ``revenue_read`` sums the file's amounts as stated; ``sign_corrections`` counts and sums
+    the changes of refunds the file states as positive (a negative quantity, a cancelled order)."""
     order = kept["order_id"] if "order_id" in kept else pd.Series(pd.NA, index=kept.index, dtype="object")
     order = order.astype(object).where(order.notna(), "row " + pd.Series(range(len(kept)), index=kept.index).astype(str))
     bought, refunded = kept["amount"] > 0, kept["amount"] < 0
@@ -316,6 +330,8 @@ def reconcile(kept: pd.DataFrame, revenue_read: float, revenue_quarantined: floa
         refund_lines=int(refunded.sum()),
         refund_orders=int(refund_orders),
         revenue_read=revenue_read,
+        sign_corrected_rows=sign_corrections[0],
+        revenue_sign_corrected=sign_corrections[1],
         revenue_quarantined=revenue_quarantined,
         revenue_imported=math.fsum(kept["amount"]),
     )
@@ -391,6 +407,7 @@ def ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> li
             notes=[*read_notes, *result.notes],
             books=result.books if result.books is None or conflicts.empty else reconcile(
                 result.clean.drop(index=conflicts.index), result.books.revenue_read,
+                (result.books.sign_corrected_rows, result.books.revenue_sign_corrected),
                 result.books.revenue_quarantined + math.fsum(conflicts["amount"]),
             ),
         )
@@ -479,20 +496,26 @@ def _day_first(text: pd.Series, notes: list[str]) -> bool:
     return day_first
 
 
+COMMA_DECIMAL = r"-?\d{1,3}(\.\d{3})*,\d+|-?\d+,\d+"  # 1.234,50 or 12,50
+DOT_THOUSANDS = r"-?\d{1,3}(,\d{3})+(\.\d+)?"  # 1,234.50
+
+
 def _parse_number(values: pd.Series, decimal: str) -> tuple[pd.Series, str]:
-    """Numbers from text with ``decimal`` as the mark ("auto": whichever reads more values)."""
+    """Numbers from text with ``decimal`` as the mark. "auto" reads a comma as the decimal mark
+    only when values look like ``12,50`` or ``1.234,50`` and none like ``1,234.50``; values
+    with a thousands separator are read as such, never as decimals."""
     if pd.api.types.is_numeric_dtype(values):
         return values.astype(float), "."
     text = values.astype("string").str.strip()
-    dotted = pd.to_numeric(text, errors="coerce").astype(float)
-    if decimal == ".":
-        return dotted, "."
-    comma = pd.to_numeric(
-        text.str.replace(".", "", regex=False).str.replace(",", ".", regex=False), errors="coerce"
-    ).astype(float)
-    if decimal == "," or comma.notna().sum() > dotted.notna().sum():
-        return comma, ","
-    return dotted, "."
+    present = text.dropna()
+    comma_decimal = bool(len(present)) and present.str.fullmatch(COMMA_DECIMAL).any() and not present.str.fullmatch(DOT_THOUSANDS).any()
+    if decimal == "," or (decimal == "auto" and comma_decimal):
+        grouped = text.str.fullmatch(r"-?\d{1,3}(\.\d{3})+(,\d+)?").fillna(False)
+        plain = text.where(~grouped, text.str.replace(".", "", regex=False))
+        return pd.to_numeric(plain.str.replace(",", ".", regex=False), errors="coerce").astype(float), ","
+    thousands = text.str.fullmatch(DOT_THOUSANDS).fillna(False)
+    plain = text.where(~thousands, text.str.replace(",", "", regex=False))
+    return pd.to_numeric(plain, errors="coerce").astype(float), "."
 
 
 def _parse_bool(values: pd.Series) -> pd.Series:
