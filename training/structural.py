@@ -9,8 +9,9 @@ min(horizon, half the history); nothing after the cutoff is read.
    purchase days of the inner window: the plain model, the model times a level factor
    (actual / expected over the window), and that times a LightGBM correction boosted from
    the model's log expectation (``init_score``), rescaled so it only moves customers relative
-   to each other. Corrections are fitted on 70% of the customers; the candidate with the
-   lowest Poisson deviance on the other 30% wins.
+   to each other. Corrections are fitted on 70% of the customers (by a keyed hash of the id);
+   on the other 30%, the least corrected candidate within one standard error of the lowest
+   Poisson deviance wins.
 2. **Level** at the longest inner horizon the history allows: short windows ending at the
    cutoff and long ones disagree on the level (seasonality, on CDNOW), and only a long one
    speaks to a long horizon. The level is fragile where the holdout holds a season the
@@ -192,7 +193,7 @@ class _Inner:
 
 
 def choose(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed: int, threads: int) -> tuple[Choice, _Inner | None]:
-    """The gate: model, level and correction with the best inner-window deviance."""
+    """The gate: the model, level and correction the inner window supports (module docstring)."""
     bought = transactions.loc[(transactions["timestamp"] <= cutoff) & (transactions["amount"] > 0), "timestamp"]
     history = (cutoff.floor("D") - bought.min().floor("D")).days
     inner_horizon = int(min(horizon, history // 2))
