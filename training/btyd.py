@@ -139,17 +139,16 @@ class BtydFit:
             return np.where(alive, rng.poisson(rate * lifetime), 0)
         a, b = self.params[2:]
         dropout = rng.beta(a, b + x, shape)  # after each purchase the customer leaves with this chance
-        count = np.zeros(shape, dtype=np.int64)
-        clock = np.zeros(shape)
-        live = alive.copy()
-        for _ in range(200):
-            if not live.any():
-                break
-            clock = np.where(live, clock + rng.exponential(1.0, shape) / np.maximum(rate, 1e-300), clock)
-            bought = live & (clock <= t)
-            count += bought
-            live = bought & (rng.random(shape) >= dropout)
-        return count
+        count = np.zeros(shape, dtype=np.int64).ravel()
+        clock = np.zeros(count.size)
+        rate, dropout = np.maximum(rate, 1e-300).ravel(), dropout.ravel()
+        live = np.flatnonzero(alive.ravel())
+        while live.size:  # one purchase at a time, drawn only for the draws still buying
+            clock[live] += rng.exponential(1.0, live.size) / rate[live]
+            live = live[clock[live] <= t]
+            count[live] += 1
+            live = live[rng.random(live.size) >= dropout[live]]
+        return count.reshape(shape)
 
 
 def fit_btyd(model: str, rfm: Rfm) -> BtydFit:
