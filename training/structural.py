@@ -190,6 +190,7 @@ class _Inner:
     horizon: int
     summary: pd.DataFrame
     actual: np.ndarray
+    fits: dict[str, BtydFit]  # each model fitted at the inner cutoff, fitted once
 
 
 def choose(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed: int, threads: int) -> tuple[Choice, _Inner | None]:
@@ -214,9 +215,10 @@ def choose(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed:
     rfm = _rfm(summary)
     per_customer: dict[str, np.ndarray] = {}  # each candidate's deviance on the scoring customers
     described: dict[str, tuple[str, bool]] = {}
+    fits: dict[str, BtydFit] = {}
     for model in MODELS:
         try:
-            fit = fit_btyd(model, rfm)
+            fit = fits[model] = fit_btyd(model, rfm)
         except (ValueError, FloatingPointError):
             continue
         expected = fit.expected(rfm, inner_horizon)
@@ -239,12 +241,12 @@ def choose(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed:
     deviance = {k: round(float(v.mean()), 5) for k, v in per_customer.items()}
     level = 1.0
     if "+level" in name:  # re-estimated on every customer of the inner window
-        level = _level(actual, fit_btyd(model, rfm).expected(rfm, inner_horizon))
+        level = _level(actual, fits[model].expected(rfm, inner_horizon))
     reason = (
         f"the simplest within one standard error of the lowest Poisson deviance on the inner window "
         f"({inner_cutoff:%Y-%m-%d} + {inner_horizon} days)"
     )
-    inner = _Inner(inner_cutoff, inner_horizon, summary, actual)
+    inner = _Inner(inner_cutoff, inner_horizon, summary, actual, fits)
     return Choice(model, level, boosted, inner_horizon, inner_cutoff, reason, deviance), inner
 
 
@@ -276,7 +278,7 @@ def _interval_levels(choice: Choice, inner: _Inner | None, transactions: pd.Data
     """Quantile levels whose interval covers ``INTERVAL_COVERAGE`` of the inner window's revenues."""
     if inner is None:
         return 0.1, 0.9
-    fit = fit_btyd(choice.model, _rfm(inner.summary))
+    fit = inner.fits[choice.model]
     rng = np.random.default_rng(seed + 1)
     factor = np.full(len(inner.summary), choice.level)
     draws = _revenue_draws(fit, inner.summary, inner.horizon, factor, refund_share, rng)
@@ -315,7 +317,7 @@ def forecast(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, see
     expected = fit.expected(rfm, horizon)
     factor = np.full(len(summary), choice.level)
     if choice.boosted and inner is not None:
-        inner_fit = fit_btyd(choice.model, _rfm(inner.summary))
+        inner_fit = inner.fits[choice.model]
         inner_expected = inner_fit.expected(_rfm(inner.summary), inner.horizon)
         x_inner = _shape_features(log, inner.cutoff, inner.summary, inner_fit, inner.horizon)
         booster = _booster(
