@@ -265,6 +265,7 @@ def champion_provenance(client: MlflowClient, run_id: str) -> dict[str, Any]:
         "data_start": params.get("data_start"),
         "data_end": params.get("data_end"),
         "backtest_window": params.get("window"),
+        "horizons": params.get("horizons"),
         "metrics": {k: v for k, v in sorted(run.data.metrics.items()) if not k.startswith(baselines)},
     }
 

@@ -1,5 +1,8 @@
 """A bare transaction log (customer_id, timestamp, amount: no customers or events table, no
-optional column) through every command: ingest, train, score, serve, backtest."""
+optional column) of one year through every command: ingest, train, score, serve, backtest.
+
+A year cannot hold a 365-day label window behind tune and test windows: train learns the
+horizons the history holds and carries the longer ones (``training.carry``)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ def bare(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from training.data.schemas import OPTIONAL_COLUMNS
 
     generated = tmp_path_factory.mktemp("bare-generated")
-    spec = GenerationSpec(customers=700, seed=11, start=date(2023, 11, 1), days=1095, transactions_only=True,
+    spec = GenerationSpec(customers=700, seed=11, start=date(2023, 11, 1), days=374, transactions_only=True,
                           omit_columns=tuple(OPTIONAL_COLUMNS["transactions"]))
     generate(spec, generated)
     export = generated / "log.csv"
@@ -54,9 +57,43 @@ def test_every_customer_without_a_consent_record_is_scored_by_default(bare) -> N
     assert (bare["data"] / "mlflow" / "mlflow.db").exists()
 
 
+def test_a_year_of_history_learns_90_days_and_carries_365(bare) -> None:
+    output = " ".join(bare["train"].split())
+    assert "clv: learned at 90 d, carried to 365 d by" in output
+    assert "carried to [180, 365] d" in output
+    scores = pd.read_parquet(bare["data"] / "predictions" / "scores.parquet")
+    buyers = scores[scores["expected_purchases"] > 0.05]
+    assert (scores["expected_revenue_p10"] <= scores["expected_revenue"]).all()
+    assert (scores["expected_revenue"] <= scores["expected_revenue_p90"] + 1e-9).all()
+    # next purchase beyond 90 days is read off the carried part of the curve, not capped at 90
+    assert (buyers["next_purchase_days"] > 90).any() and (buyers["next_purchase_days"] < 90).any()
+
+
+def test_a_learnt_model_that_loses_to_a_classical_one_is_never_served(bare) -> None:
+    """Each champion is either a learnt model that does not lose to BG/NBD or Pareto/NBD on its
+    test window, or the classical model itself, labelled as the baseline."""
+    from mlflow import MlflowClient
+
+    from training.config import config_from_env
+
+    config = config_from_env(bare["data"], environ={})
+    client = MlflowClient(config.mlflow_tracking_uri)
+    kinds = {}
+    for name in ("purchase_timing", "expected_purchases", "clv"):
+        tags = client.get_model_version_by_alias(name, "champion").tags
+        kinds[name] = tags["model_kind"]
+        if tags["model_kind"] == "model":
+            assert not any(f"loses to baseline {b} " in tags.get("loses_to_baseline", "") for b in ("btyd", "pareto_nbd"))
+        else:
+            assert tags["baseline"] in ("BG/NBD", "Pareto/NBD")
+    output = " ".join(bare["train"].split())
+    assert ("served, v" in output) == ("baseline" in kinds.values()), output
+
+
 def test_the_endpoint_serves_a_bare_log(bare) -> None:
     """`bentoml serve` as a real process (a second in-process app would clash with the other
-    endpoint tests' metrics): a customer with no consent record gets a profile."""
+    endpoint tests' metrics): a customer with no consent record gets a profile, and
+    ``/metadata`` says which horizons were learned and which carried."""
     import httpx
 
     from serving.server import ServerFailed, running_server
@@ -67,12 +104,15 @@ def test_the_endpoint_serves_a_bare_log(bare) -> None:
     try:
         with running_server(config_from_env(bare["data"], environ={})) as url:
             response = httpx.post(f"{url}/profile", json={"customer_ids": [customer]}, timeout=60)
+            metadata = httpx.get(f"{url}/metadata", timeout=60).json()
     except ServerFailed as error:
         pytest.fail(str(error))
     assert response.status_code == 200, response.text
     [profile] = response.json()["profiles"]
     assert 0 <= profile["indicators"]["p_churn"] <= 1
     assert profile["indicators"]["lookalike_sustainable_score"] is None  # no category column: no seed
+    assert "carried to 365 d" in metadata["champions"]["clv"]["horizons"]
+    assert metadata["champions"]["expected_purchases"]["horizons"].endswith("learned at 90 d")  # never carried
 
 
 def test_backtest_runs_on_a_bare_log(bare, tmp_path: Path) -> None:
@@ -80,7 +120,7 @@ def test_backtest_runs_on_a_bare_log(bare, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app,
         ["backtest", "--transactions", str(bare["export"]), "--column", "customer_id=client", "--column", "timestamp=date",
-         "--column", "amount=total", "--cutoff", "2025-06-30", "--horizon-days", "90", "--out", str(out)],
+         "--column", "amount=total", "--cutoff", "2024-08-31", "--horizon-days", "90", "--out", str(out)],
     )
     assert result.exit_code == 0, result.output
     assert pd.read_csv(out)["p_churn"].between(0, 1).all()

@@ -17,6 +17,7 @@ import pandas as pd
 from training.config import as_utc
 from training.data.ingest import ImportOptions, normalize, read_source
 from training.structural import Choice, forecast
+from training.windows import MIN_BUYERS, MIN_HISTORY_DAYS
 
 OUTPUT_COLUMNS = [
     "customer_id",
@@ -28,8 +29,6 @@ OUTPUT_COLUMNS = [
     "expected_revenue_p90",
     "next_purchase_days",
 ]
-MIN_HISTORY_DAYS = 56
-MIN_BUYERS = 20  # below this a fitted model says nothing a reader could trust
 
 
 class BacktestError(ValueError):

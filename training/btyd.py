@@ -115,6 +115,10 @@ class BtydFit:
         """Expected purchase days in (T, T + t]."""
         return _FORMS[self.model][2](self.params, rfm.x, rfm.t_x, rfm.T, t)
 
+    def log_likelihood(self, rfm: Rfm) -> np.ndarray:
+        """Each customer's log-likelihood of their (x, t_x, T)."""
+        return _FORMS[self.model][0](self.params, rfm.x, rfm.t_x, rfm.T)
+
     def p_alive(self, rfm: Rfm) -> np.ndarray:
         return _FORMS[self.model][1](self.params, rfm.x, rfm.t_x, rfm.T)
 

@@ -337,6 +337,8 @@ def train(
             (f"yes (v{report.version})" if report.promoted else "no") + (f"; {report.gate_note}" if report.gate_note else ""),
         )
     console.print(table)
+    for name, note in dict.fromkeys((r.name, r.horizons) for r in result.reports if "carried" in r.horizons):
+        console.print(f"{name}: {note} (backtested at the learned horizon only)")
     console.print(
         "stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
         + f"; total {time.perf_counter() - began:.1f}"

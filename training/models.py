@@ -83,7 +83,7 @@ class PurchaseTimingModel:
 
     def purchase_curve(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
         """Calibrated P(purchase within h) per horizon, made non-decreasing in h."""
-        curve = self._curve(self.encoder_.matrix(features) if matrix is None else matrix)
+        curve = self.curve(self.encoder_.matrix(features) if matrix is None else matrix)
         return pd.DataFrame(curve, columns=[f"p_purchase_{h}d" for h in self.horizons], index=features.index)
 
     def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
@@ -91,16 +91,10 @@ class PurchaseTimingModel:
 
     def indicators(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
         """``predict``'s columns as arrays, for an encoded matrix (serving skips the frames)."""
-        curve = self._curve(matrix)
-        grid = np.asarray(self.horizons, dtype=float)
-        columns = {f"p_purchase_{h}d": curve[:, k] for k, h in enumerate(self.horizons)}
-        columns["p_churn"] = 1.0 - curve[:, self.horizons.index(self.churn_horizon)]
-        columns["next_purchase_days"] = time_at_probability(curve, grid, 0.5)
-        columns["next_purchase_days_p10"] = time_at_probability(curve, grid, 0.1)
-        columns["next_purchase_days_p90"] = time_at_probability(curve, grid, 0.9)
-        return columns
+        return timing_indicators(self.curve(matrix), self.horizons, self.churn_horizon)
 
-    def _curve(self, x: np.ndarray) -> np.ndarray:
+    def curve(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated P(purchase within h), one column per horizon, non-decreasing in h."""
         # The fitted isotonic step function, read directly (what IsotonicRegression.predict does
         # with out_of_bounds="clip", without its input checks: a tenth of a millisecond per call).
         curve = np.column_stack(
@@ -111,6 +105,10 @@ class PurchaseTimingModel:
         )
         return np.maximum.accumulate(np.clip(curve, 1e-6, 1 - 1e-6), axis=1)
 
+    def horizons_note(self) -> str:
+        """Which horizons were learned (carried models say how they extend them)."""
+        return f"P(purchase within h) learned for h in {list(self.horizons)} d; churn horizon {self.churn_horizon} d"
+
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         """SHAP contributions to the log-odds of buying within the churn horizon."""
         return contributions(self.boosters_[self.churn_horizon], matrix)
@@ -119,6 +117,17 @@ class PurchaseTimingModel:
         """The encoded features (for names and values) and their SHAP contributions."""
         matrix = self.encoder_.matrix(features)
         return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
+
+
+def timing_indicators(curve: np.ndarray, horizons: tuple[int, ...], churn_horizon: int) -> dict[str, np.ndarray]:
+    """Every purchase-timing indicator from P(purchase within h) on the grid ``horizons``."""
+    grid = np.asarray(horizons, dtype=float)
+    columns = {f"p_purchase_{h}d": curve[:, k] for k, h in enumerate(horizons)}
+    columns["p_churn"] = 1.0 - curve[:, horizons.index(churn_horizon)]
+    columns["next_purchase_days"] = time_at_probability(curve, grid, 0.5)
+    columns["next_purchase_days_p10"] = time_at_probability(curve, grid, 0.1)
+    columns["next_purchase_days_p90"] = time_at_probability(curve, grid, 0.9)
+    return columns
 
 
 def time_at_probability(curve: np.ndarray, grid: np.ndarray, level: float) -> np.ndarray:
@@ -183,6 +192,9 @@ class CountModel:
 
     def indicators(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
         return {"expected_purchases": predict(self.booster_, matrix) * self.scale_}
+
+    def horizons_note(self) -> str:
+        return f"learned at {self.horizon} d"
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         return contributions(self.booster_, matrix)
@@ -255,6 +267,9 @@ class ClvModel:
         mean = predict(self.mean_, matrix) * self.scale_
         low = np.minimum(np.maximum(predict(self.low_, matrix), 0.0), mean)
         return mean, low, predict(self.high_, matrix)
+
+    def horizons_note(self) -> str:
+        return f"learned at {self.horizon} d"
 
     def _bought(self, matrix: np.ndarray) -> np.ndarray:
         return ~np.isnan(matrix[:, self.encoder_.numeric_.index("days_since_last_purchase")])
@@ -367,6 +382,9 @@ class LookalikeModel:
         """Held-out seed recall, its significance, lift and expected precision for the top p% non-seed."""
         return lookalike_audience(self, features, percents)
 
+    def horizons_note(self) -> str:
+        return "no horizon: ranks customers by their features when scored"
+
 
 @dataclass
 class ActivityLookalikeModel:
@@ -423,6 +441,9 @@ class ActivityLookalikeModel:
     def audience_report(self, features: pd.DataFrame, percents: tuple[float, ...]) -> pd.DataFrame:
         """The same measurements as ``LookalikeModel.audience_report``, on the same held-out members."""
         return lookalike_audience(self, features, percents)
+
+    def horizons_note(self) -> str:
+        return "no horizon: ranks customers by their recent activity when scored"
 
 
 # --- lookalike measurements -----------------------------------------------------------------

@@ -18,7 +18,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from training import baselines, evaluation, tracking
+from training import baselines, classical, evaluation, tracking
+from training.carry import CarriedTiming, CarriedValue, Carry, learned_model
 from training.config import Config
 from training.dataset import FeatureEncoder, entity_rows, features_at
 from training.explain import global_importance, shap_plots
@@ -34,7 +35,7 @@ from training.models import (
 )
 from training.report import build_report
 from training.tuning import tune
-from training.windows import Windows, plan_windows, required_cutoffs
+from training.windows import HorizonPlan, Windows, model_horizons, plan_horizons
 
 Step = Callable[[str], None]
 MONETARY_PREFIXES = ("revenue_", "avg_order_value", "max_order_value")
@@ -57,6 +58,7 @@ class ModelReport:
     run_id: str | None = None  # the MLflow run holding its plots, model card and gate decision
     # Set when the model loses to its best baseline: what the gate did about it (summaries show it).
     gate_note: str | None = None
+    horizons: str = ""  # which horizons were learned and how longer ones are carried
 
     @property
     def best_baseline(self) -> tuple[str, float]:
@@ -68,12 +70,17 @@ class ModelReport:
 @dataclass
 class ModelingData:
     rows: pd.DataFrame  # features and labels of every (customer, cutoff), one row each
-    windows: dict[int, Windows]
+    plan: HorizonPlan  # which horizons are learned, their windows, which are carried
     data_start: datetime
     data_end: datetime
     transactions: pd.DataFrame
     truth: pd.DataFrame | None
+    carry: Carry | None = None  # fitted at the end of the data when a horizon is carried
     btyd_cache: dict[tuple, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def windows(self) -> dict[int, Windows]:
+        return self.plan.windows
 
     def at(self, cutoffs, mask: pd.Series | None = None) -> pd.DataFrame:
         chosen = self.rows["cutoff"].isin(list(cutoffs))
@@ -100,22 +107,23 @@ def prepare(config: Config, on_step: Step, timings: dict[str, float]) -> tuple[M
         first = con.execute("SELECT min(\"timestamp\") FROM transactions").fetchall()[0][0]
         start = pd.Timestamp(first).tz_convert("UTC").floor("D").to_pydatetime()
         settings = config.models
-        cutoffs = required_cutoffs(start, end, settings)
-        plan = set(config.snapshots.dates(end)) | set(cutoffs)
-        build_snapshots(paths, sorted(plan))
+        horizons = plan_horizons(start, end, model_horizons(settings), settings)
+        snapshot_dates = set(config.snapshots.dates(end)) | set(horizons.cutoffs) | {end}
+        build_snapshots(paths, sorted(snapshot_dates))
         store = feature_store.feature_store(config)
         feature_store.apply(store, paths)
         timings["snapshots"] = time.perf_counter() - started
-        on_step(f"snapshots at {len(plan)} dates")
+        on_step(f"snapshots at {len(snapshot_dates)} dates")
+        for horizon in model_horizons(settings):
+            if horizons.carried(horizon):
+                on_step(f"{(end - start).days} days of history: the {horizon}-day horizon is {horizons.describe(horizon)}")
         started = time.perf_counter()
         feature_store.write_latest_online(store, paths)
         timings["online_write"] = time.perf_counter() - started
         on_step("latest features written to the online store")
 
         started = time.perf_counter()
-        horizons = sorted({*settings.purchase_horizons, settings.churn_horizon_days, settings.expected_purchases_horizon_days})
-        windows = {h: plan_windows(start, end, h, settings) for h in {*horizons, settings.clv_horizon_days}}
-        model_cutoffs = sorted({c for w in windows.values() for c in w.all} | {end})
+        model_cutoffs = sorted({*horizons.cutoffs, end})
         profile = modelled_customers(
             pd.read_parquet(paths.features / "customer_profile.parquet", columns=["customer_id", "signup_at"]),
             settings.max_customers, config.seed,
@@ -126,7 +134,8 @@ def prepare(config: Config, on_step: Step, timings: dict[str, float]) -> tuple[M
         on_step(f"features for {len(rows):,} (customer, cutoff) rows of {len(profile):,} customers")
 
         started = time.perf_counter()
-        labels = build_labels(con, rows, horizons, [settings.clv_horizon_days], end)
+        counted = {*horizons.learned_grid, *(horizons.learned(h) for h in (settings.churn_horizon_days, settings.expected_purchases_horizon_days))}
+        labels = build_labels(con, rows, sorted(counted), [horizons.learned(settings.clv_horizon_days)], end)
         timings["labels"] = time.perf_counter() - started
     finally:
         con.close()
@@ -138,7 +147,11 @@ def prepare(config: Config, on_step: Step, timings: dict[str, float]) -> tuple[M
     truth = pd.read_parquet(truth_file) if truth_file.exists() else None
     if truth is not None:
         truth = truth[truth["customer_id"].isin(modelled)].reset_index(drop=True)
-    return ModelingData(merged, windows, start, end, transactions, truth), store
+    carry = None
+    if any(horizons.carried(h) for h in model_horizons(settings)):
+        carry = Carry.fitted(transactions, pd.Timestamp(end))
+        on_step(f"{carry.describe()} fitted on the whole history carries the longer horizons")
+    return ModelingData(merged, horizons, start, end, transactions, truth, carry), store
 
 
 def modelled_customers(profile: pd.DataFrame, max_customers: int, seed: int) -> pd.DataFrame:
@@ -151,23 +164,23 @@ def modelled_customers(profile: pd.DataFrame, max_customers: int, seed: int) -> 
     return profile.sample(n=max_customers, random_state=seed).sort_values("customer_id").reset_index(drop=True)
 
 
+def _learned_horizons(data: ModelingData, config: Config) -> tuple[tuple[int, ...], int, int]:
+    """The purchase grid, expected-purchases and CLV horizons the models learn (and are compared at)."""
+    s, plan = config.models, data.plan
+    return plan.learned_grid, plan.learned(s.expected_purchases_horizon_days), plan.learned(s.clv_horizon_days)
+
+
 def _btyd(data: ModelingData, config: Config, cutoff: datetime) -> pd.DataFrame:
     key = (cutoff,)
     if key not in data.btyd_cache:
-        s = config.models
-        data.btyd_cache[key] = baselines.btyd_predictions(
-            data.transactions, cutoff, s.purchase_horizons, s.expected_purchases_horizon_days, s.clv_horizon_days
-        )
+        data.btyd_cache[key] = baselines.btyd_predictions(data.transactions, cutoff, *_learned_horizons(data, config))
     return data.btyd_cache[key]
 
 
 def _pareto(data: ModelingData, config: Config, cutoff: datetime) -> pd.DataFrame:
     key = ("pareto_nbd", cutoff)
     if key not in data.btyd_cache:
-        s = config.models
-        data.btyd_cache[key] = baselines.pareto_nbd_predictions(
-            data.transactions, cutoff, s.purchase_horizons, s.expected_purchases_horizon_days, s.clv_horizon_days
-        )
+        data.btyd_cache[key] = baselines.pareto_nbd_predictions(data.transactions, cutoff, *_learned_horizons(data, config))
     return data.btyd_cache[key]
 
 
@@ -178,10 +191,7 @@ def _aligned(frame: pd.DataFrame, predictions: pd.DataFrame, column: str) -> np.
 def _oracle(data: ModelingData, config: Config, cutoff: datetime) -> pd.DataFrame | None:
     if data.truth is None:
         return None
-    s = config.models
-    return baselines.oracle_predictions(
-        data.truth, cutoff, s.purchase_horizons, s.expected_purchases_horizon_days, s.clv_horizon_days
-    )
+    return baselines.oracle_predictions(data.truth, cutoff, *_learned_horizons(data, config))
 
 
 def _buyers(frame: pd.DataFrame) -> pd.Series:
@@ -193,16 +203,21 @@ def _buyers(frame: pd.DataFrame) -> pd.Series:
 
 def train_purchase_timing(config: Config, data: ModelingData, client, on_step: Step) -> list[ModelReport]:
     s = config.models
+    grid = data.plan.learned_grid  # evaluated where it is learned; longer horizons are carried
     sets = {}
-    for h in s.purchase_horizons:
+    for h in grid:
         w = data.windows[h]
         fit = data.at(w.fit)
         tune_rows = data.at([w.tune])
         sets[h] = (fit, (fit[f"future_purchase_days_{h}d"] > 0).to_numpy(float), tune_rows, (tune_rows[f"future_purchase_days_{h}d"] > 0).to_numpy(float))
-    churn_h = s.churn_horizon_days
-    model = PurchaseTimingModel(horizons=s.purchase_horizons, churn_horizon=churn_h, seed=config.seed, threads=s.threads, max_rounds=s.max_rounds)
+    churn_h = data.plan.learned(s.churn_horizon_days)
+    model = PurchaseTimingModel(horizons=grid, churn_horizon=churn_h, seed=config.seed, threads=s.threads, max_rounds=s.max_rounds)
     model.params = _tuned(config, *sets[churn_h], "binary")
     model.fit(sets)
+    served: Any = model
+    full = {"horizons": tuple(s.purchase_horizons), "churn_horizon": s.churn_horizon_days}
+    if grid != full["horizons"]:
+        served = CarriedTiming.wrap(model, data.carry, **full)
     on_step("purchase timing fitted")
 
     # Churn: the stated population, on the churn horizon's test window.
@@ -210,68 +225,161 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
     test = data.at([w.test], None)
     test = test[test["bought_last_365d"]].reset_index(drop=True)
     churned = (test[f"future_purchase_days_{churn_h}d"] == 0).to_numpy(float)
-    p_churn = model.predict(test)["p_churn"].to_numpy()
-    btyd = _btyd(data, config, w.test)
-    rfm = baselines.RfmCells().fit(sets[churn_h][0], (sets[churn_h][0][f"future_purchase_days_{churn_h}d"] == 0).to_numpy(float))
-    candidates = {
-        "model": p_churn,
-        "btyd": 1 - _aligned(test, btyd, f"p_purchase_{churn_h}d"),
+    fit_churned = (sets[churn_h][0][f"future_purchase_days_{churn_h}d"] == 0).to_numpy(float)
+    baseline_churn = {
+        "btyd": 1 - _aligned(test, _btyd(data, config, w.test), f"p_purchase_{churn_h}d"),
         "pareto_nbd": 1 - _aligned(test, _pareto(data, config, w.test), f"p_purchase_{churn_h}d"),
-        "rfm": rfm.predict(test),
+        "rfm": baselines.RfmCells().fit(sets[churn_h][0], fit_churned).predict(test),
     }
     oracle = _oracle(data, config, w.test)
     if oracle is not None:
-        candidates["oracle"] = 1 - _aligned(test, oracle, f"p_purchase_{churn_h}d")
-    churn_metrics = _metrics_table("churn", candidates, churned, evaluation.classification_metrics)
-    curves = {k: (churned, v) for k, v in candidates.items()}
+        baseline_churn["oracle"] = 1 - _aligned(test, oracle, f"p_purchase_{churn_h}d")
 
-    # Next purchase: every horizon on its own test window, among customers who have bought.
-    timing_rows = []
-    for h in s.purchase_horizons:
-        wh = data.windows[h]
-        t = data.at([wh.test])
+    def evaluate(candidate: Any) -> Evaluation:
+        """Churn, P(purchase within h) on each horizon's test window, next-purchase coverage."""
+        candidates = {"model": 1 - candidate.purchase_curve(test)[f"p_purchase_{churn_h}d"].to_numpy(), **baseline_churn}
+        tables = [_metrics_table("churn", candidates, churned, evaluation.classification_metrics)]
+        for h in grid:  # among customers who have bought
+            wh = data.windows[h]
+            t = data.at([wh.test])
+            t = t[_buyers(t)].reset_index(drop=True)
+            bought = (t[f"future_purchase_days_{h}d"] > 0).to_numpy(float)
+            preds = {
+                "model": candidate.purchase_curve(t)[f"p_purchase_{h}d"].to_numpy(),
+                "btyd": _aligned(t, _btyd(data, config, wh.test), f"p_purchase_{h}d"),
+                "pareto_nbd": _aligned(t, _pareto(data, config, wh.test), f"p_purchase_{h}d"),
+                "rfm": baselines.RfmCells().fit(sets[h][0], sets[h][1]).predict(t),
+            }
+            o = _oracle(data, config, wh.test)
+            if o is not None:
+                preds["oracle"] = _aligned(t, o, f"p_purchase_{h}d")
+            tables.append(_metrics_table(f"p_purchase_{h}d", preds, bought, evaluation.classification_metrics))
+        longest = data.windows[max(grid)]
+        t = data.at([longest.test])
         t = t[_buyers(t)].reset_index(drop=True)
-        bought = (t[f"future_purchase_days_{h}d"] > 0).to_numpy(float)
-        preds = {
-            "model": model.purchase_curve(t)[f"p_purchase_{h}d"].to_numpy(),
-            "btyd": _aligned(t, _btyd(data, config, wh.test), f"p_purchase_{h}d"),
-            "pareto_nbd": _aligned(t, _pareto(data, config, wh.test), f"p_purchase_{h}d"),
-            "rfm": baselines.RfmCells().fit(sets[h][0], sets[h][1]).predict(t),
-        }
-        o = _oracle(data, config, wh.test)
-        if o is not None:
-            preds["oracle"] = _aligned(t, o, f"p_purchase_{h}d")
-        timing_rows.append(_metrics_table(f"p_purchase_{h}d", preds, bought, evaluation.classification_metrics))
-    longest = data.windows[max(s.purchase_horizons)]
-    t = data.at([longest.test])
-    t = t[_buyers(t)].reset_index(drop=True)
-    timing = model.predict(t)
-    timing_rows.append(_timing_table(t, timing, (data.data_end - longest.test).total_seconds() / 86_400))
-    metrics = pd.concat([churn_metrics, *timing_rows], ignore_index=True)
+        timing = candidate.predict(t)
+        tables.append(_timing_table(t, timing, (data.data_end - longest.test).total_seconds() / 86_400))
+        curves = {k: (churned, v) for k, v in candidates.items()}
+        return Evaluation(pd.concat(tables, ignore_index=True), {"calibration": curves, "gains": curves}, {"next_purchase_days": timing})
 
-    headline = metrics.query("indicator == 'churn' and metric == 'auc'").set_index("method")["value"]
-    next_auc = metrics.query(f"indicator == 'p_purchase_{s.purchase_horizons[2]}d' and metric == 'auc'").set_index("method")["value"]
+    result = evaluate(model)
+    metrics = result.metrics
 
-    def champion_value(champion: PurchaseTimingModel) -> float:
-        return evaluation.classification_metrics(churned, champion.predict(test)["p_churn"].to_numpy())["auc"]
+    def champion_value(champion: Any) -> float:
+        return evaluation.classification_metrics(churned, _learned_at(champion, churn_h).predict(test)["p_churn"].to_numpy())["auc"]
 
+    gate = _Gate("purchase_timing", "auc", True, w, test, "customers who bought in the 365 days before the cutoff", -1.0)
+    winner = _classical_candidate(data, gate, result, evaluate, model, {"horizons": grid, "churn_horizon": churn_h})
     report = _track(
-        config, client, "purchase_timing", model, metrics, test, "auc", True, champion_value,
-        window=w, population="customers who bought in the 365 days before the cutoff",
-        plots={"calibration": curves, "gains": curves}, explain_sign=-1.0,
-        extra={"next_purchase_days": timing},
+        config, client, "purchase_timing", served, metrics, test, "auc", True, champion_value,
+        window=w, population=gate.population, plots=result.plots, explain_sign=-1.0, extra=result.extra,
+        baseline_served=winner is not None,
     )
-    churn_report = ModelReport(
-        "purchase_timing", "churn", "auc", True, headline["model"],
-        {k: headline[k] for k in ("btyd", "pareto_nbd", "rfm")}, headline.get("oracle"), report.promoted, report.version, metrics,
-        report.run_id, gate_note=report.gate_note,
+    if winner is not None and report.gate_note is not None:
+        report.gate_note += _serve_classical(config, client, data, gate, winner, served, full, report)
+    next_h = 30 if 30 in grid else grid[-1]
+    return [
+        _report_from(report, "churn", metrics, "auc", True),
+        _report_from(report, f"p_purchase_{next_h}d", metrics, "auc", True),
+    ]
+
+
+@dataclass
+class Evaluation:
+    """A candidate's metrics on the test windows, beside the baselines', and what to plot."""
+
+    metrics: pd.DataFrame
+    plots: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+    extra: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Gate:
+    """What a model is gated on: its headline metric on the test window of its population."""
+
+    name: str
+    headline: str
+    higher_is_better: bool
+    window: Windows
+    test: pd.DataFrame
+    population: str
+    explain_sign: float = 1.0
+
+
+@dataclass
+class _Classical:
+    """A classical baseline that beats the learnt model on its test window, as a servable model."""
+
+    baseline: str  # the pipeline's name for it (``classical.NAMES``)
+    evaluation: Evaluation  # the servable model's own metrics, fitted at the test cutoff
+    value: float  # its headline metric
+    learnt: Any  # the learnt model (at the learned horizons): the fallback for non-buyers
+
+
+def _classical_candidate(
+    data: ModelingData, gate: _Gate, learnt: Evaluation, evaluate: Callable[[Any], Evaluation], model: Any,
+    at_learned: dict[str, Any],
+) -> _Classical | None:
+    """The classical model to serve if the learnt one loses to a classical baseline: fitted at
+    the test cutoff, evaluated by the same ``evaluate``, and kept only if it beats the learnt
+    model there too. None when the learnt model wins, or loses only to a heuristic."""
+    best = best_baseline(learnt.metrics, gate.headline, gate.higher_is_better)
+    value = _headline(learnt.metrics, gate.headline)
+    if best is None or best[0] not in classical.NAMES or not tracking.worse(value, best[1], gate.higher_is_better, 0.0):
+        return None
+    fitted = classical.fit_classical(data.transactions, pd.Timestamp(gate.window.test), classical.NAMES[best[0]])
+    result = evaluate(classical.classical_model(gate.name, model, fitted, **at_learned))
+    served_value = _headline(result.metrics, gate.headline)
+    if tracking.worse(served_value, value, gate.higher_is_better, 0.0):
+        return None
+    return _Classical(best[0], result, served_value, model)
+
+
+def _headline(metrics: pd.DataFrame, headline: str) -> float:
+    return float(metrics.query(f"method == 'model' and metric == '{headline}'")["value"].iloc[0])
+
+
+LEARNT_METHOD = "learnt_model"  # the losing learnt model's rows in the metrics of a served baseline
+
+
+def _serve_classical(
+    config: Config, client, data: ModelingData, gate: _Gate, chosen: _Classical, served: Any, at_full: dict[str, Any],
+    beaten: ModelReport,
+) -> str:
+    """Log, register and promote the classical model, refitted on the whole history, in a run of
+    its own labelled as the baseline (run name, tags, model card, registered version): its
+    metrics are the classical model's own on the test window, the learnt model's beside them."""
+    fitted = classical.fit_classical(data.transactions, pd.Timestamp(data.data_end), classical.NAMES[chosen.baseline])
+    model = classical.classical_model(gate.name, served, fitted, **at_full)
+    label = classical.LABELS[classical.NAMES[chosen.baseline]]
+    learnt_rows = beaten.metrics[beaten.metrics["method"] == "model"].assign(method=LEARNT_METHOD)
+    metrics = pd.concat([chosen.evaluation.metrics, learnt_rows], ignore_index=True)
+    loss = f"{gate.headline} {beaten.model_value:.4f} against {chosen.value:.4f}"
+    note = (
+        f"**Baseline, not a learnt model.** {label} is served as champion for customers who have bought, because "
+        f"the learnt model (run {beaten.run_id}, version {beaten.version}) does worse on the same test window: {loss}. "
+        f"Customers who never bought, whom {label} does not describe, get the learnt model's predictions and reasons. "
+        f"Its rows are `model` below; the learnt model's are `{LEARNT_METHOD}`."
     )
-    next_report = ModelReport(
-        "purchase_timing", f"p_purchase_{s.purchase_horizons[2]}d", "auc", True, next_auc["model"],
-        {k: next_auc[k] for k in ("btyd", "pareto_nbd", "rfm")}, next_auc.get("oracle"), report.promoted, report.version, metrics,
-        report.run_id, gate_note=report.gate_note,
+    reason = f"{label} baseline served as champion: learnt challenger v{beaten.version} does worse ({loss})"
+    decision = _register_served_baseline(
+        config, client, gate.name, label, model, metrics, gate.test, gate.headline, chosen.value, gate.higher_is_better,
+        beaten, note, reason, window=gate.window, population=gate.population, plots=chosen.evaluation.plots,
+        explain_sign=gate.explain_sign, extra=chosen.evaluation.extra,
     )
-    return [churn_report, next_report]
+    return f" ({label} served, v{decision.challenger_version}, {gate.headline} {chosen.value:.4f})"
+
+
+def _register_served_baseline(
+    config: Config, client, name: str, label: str, model: Any, metrics: pd.DataFrame, test: pd.DataFrame, headline: str,
+    value: float, higher_is_better: bool, beaten: ModelReport, note: str, reason: str, **logged: Any,
+) -> tracking.GateDecision:
+    """A baseline's own run (nested, named and tagged as the baseline), its model card topped by
+    ``note``, registered and promoted as ``name``'s champion."""
+    with mlflow.start_run(run_name=f"{name} ({label} baseline)", nested=True):
+        mlflow.set_tags({"model_kind": "baseline", "baseline": label, "replaces_run": beaten.run_id or ""})
+        uri = _log_run(config, name, model, metrics, test, headline, card_note=note, **logged)
+        return tracking.register_baseline(client, name, uri, headline, value, label, higher_is_better, reason)
 
 
 def _tuned(
@@ -327,37 +435,62 @@ def _timing_table(rows: pd.DataFrame, timing: pd.DataFrame, follow_days: float) 
 
 def train_expected_purchases(config: Config, data: ModelingData, client, on_step: Step) -> list[ModelReport]:
     s = config.models
-    h = s.expected_purchases_horizon_days
+    h = data.plan.learned(s.expected_purchases_horizon_days)
     w = data.windows[h]
     fit, tune_rows = data.at(w.fit), data.at([w.tune])
     label = f"future_purchase_days_{h}d"
     model = CountModel(horizon=h, seed=config.seed, threads=s.threads, max_rounds=s.max_rounds)
     model.params = _tuned(config, fit, fit[label].to_numpy(float), tune_rows, tune_rows[label].to_numpy(float), "poisson")
     model.fit(fit, fit[label].to_numpy(float), tune_rows, tune_rows[label].to_numpy(float))
+    served = _carried_value(model, data, s.expected_purchases_horizon_days)
     on_step("expected purchases fitted")
     test = data.at([w.test])
     test = test[_buyers(test)].reset_index(drop=True)
     y = test[label].to_numpy(float)
-    preds = {
-        "model": model.predict(test)["expected_purchases"].to_numpy(),
+    others = {
         "btyd": _aligned(test, _btyd(data, config, w.test), "expected_purchases"),
         "pareto_nbd": _aligned(test, _pareto(data, config, w.test), "expected_purchases"),
         "rfm": baselines.RfmCells().fit(fit, fit[label].to_numpy(float)).predict(test),
     }
     o = _oracle(data, config, w.test)
     if o is not None:
-        preds["oracle"] = _aligned(test, o, "expected_purchases")
-    metrics = _metrics_table("expected_purchases", preds, y, evaluation.regression_metrics)
+        others["oracle"] = _aligned(test, o, "expected_purchases")
 
-    def champion_value(champion: CountModel) -> float:
-        return evaluation.regression_metrics(y, champion.predict(test)["expected_purchases"].to_numpy())["mae"]
+    def evaluate(candidate: Any) -> Evaluation:
+        preds = {"model": candidate.predict(test)["expected_purchases"].to_numpy(), **others}
+        metrics = _metrics_table("expected_purchases", preds, y, evaluation.regression_metrics)
+        return Evaluation(metrics, {"deciles": {k: (y, v) for k, v in preds.items()}})
 
+    result = evaluate(model)
+
+    def champion_value(champion: Any) -> float:
+        return evaluation.regression_metrics(y, _learned_at(champion, h).predict(test)["expected_purchases"].to_numpy())["mae"]
+
+    gate = _Gate("expected_purchases", "mae", False, w, test, "customers with at least one purchase by the cutoff")
+    winner = _classical_candidate(data, gate, result, evaluate, model, {"horizon": h})
     report = _track(
-        config, client, "expected_purchases", model, metrics, test, "mae", False, champion_value,
-        window=w, population="customers with at least one purchase by the cutoff",
-        plots={"deciles": {k: (y, v) for k, v in preds.items()}},
+        config, client, "expected_purchases", served, result.metrics, test, "mae", False, champion_value,
+        window=w, population=gate.population, plots=result.plots, baseline_served=winner is not None,
     )
-    return [_report_from(report, "expected_purchases", metrics, "mae", False)]
+    if winner is not None and report.gate_note is not None:
+        report.gate_note += _serve_classical(config, client, data, gate, winner, served, {"horizon": s.expected_purchases_horizon_days}, report)
+    return [_report_from(report, "expected_purchases", result.metrics, "mae", False)]
+
+
+def _carried_value(model: CountModel | ClvModel, data: ModelingData, horizon: int) -> Any:
+    """``model`` as served: itself, or carried to ``horizon`` when it was learned at a shorter one."""
+    return model if model.horizon == horizon else CarriedValue.wrap(model, data.carry, horizon=horizon)
+
+
+def _learned_at(champion: Any, horizon: int) -> Any:
+    """The champion's learned model, if it learned at ``horizon``: the gate compares like with like."""
+    if classical.is_classical(champion):
+        raise ValueError("a baseline champion is refitted by every run, not compared with it")
+    learned = learned_model(champion)
+    learned_horizon = learned.churn_horizon if isinstance(learned, PurchaseTimingModel) else learned.horizon
+    if learned_horizon != horizon:
+        raise ValueError(f"the champion learned a {learned_horizon}-day horizon, this run {horizon} days")
+    return learned
 
 
 def _report_from(report: ModelReport, indicator: str, metrics: pd.DataFrame, metric: str, higher: bool) -> ModelReport:
@@ -365,7 +498,7 @@ def _report_from(report: ModelReport, indicator: str, metrics: pd.DataFrame, met
     return ModelReport(
         report.name, indicator, metric, higher, values["model"],
         {k: values[k] for k in values.index if k not in ("model", "oracle")}, values.get("oracle"),
-        report.promoted, report.version, metrics, report.run_id, report.gate_note,
+        report.promoted, report.version, metrics, report.run_id, report.gate_note, report.horizons,
     )
 
 
@@ -374,7 +507,7 @@ def _report_from(report: ModelReport, indicator: str, metrics: pd.DataFrame, met
 
 def train_clv(config: Config, data: ModelingData, client, on_step: Step) -> list[ModelReport]:
     s = config.models
-    h = s.clv_horizon_days
+    h = data.plan.learned(s.clv_horizon_days)
     w = data.windows[h]
     fit, tune_rows = data.at(w.fit), data.at([w.tune])
     label = f"future_revenue_{h}d"
@@ -385,36 +518,45 @@ def train_clv(config: Config, data: ModelingData, client, on_step: Step) -> list
         np.maximum(tune_rows[label].to_numpy(float), 0), "tweedie",
     )
     model.fit(fit, fit[label].to_numpy(float), tune_rows, tune_rows[label].to_numpy(float))
+    served = _carried_value(model, data, s.clv_horizon_days)
     on_step("CLV fitted")
     test = data.at([w.test])
     test = test[_buyers(test)].reset_index(drop=True)
     y = test[label].to_numpy(float)
-    predicted = model.predict(test)
-    preds = {
-        "model": predicted["expected_revenue"].to_numpy(),
+    others = {
         "btyd": _aligned(test, _btyd(data, config, w.test), "expected_revenue"),
         "pareto_nbd": _aligned(test, _pareto(data, config, w.test), "expected_revenue"),
         "rfm": baselines.RfmCells(use_monetary=True).fit(fit, fit[label].to_numpy(float)).predict(test),
     }
     o = _oracle(data, config, w.test)
     if o is not None:
-        preds["oracle"] = _aligned(test, o, "expected_revenue")
-    metrics = _metrics_table("expected_revenue", preds, y, evaluation.regression_metrics)
-    coverage = evaluation.interval_coverage(y, predicted["expected_revenue_p10"].to_numpy(), predicted["expected_revenue_p90"].to_numpy())
-    metrics = pd.concat(
-        [metrics, pd.DataFrame([{"indicator": "expected_revenue", "method": "model", "metric": f"p10_p90_{k}", "value": v} for k, v in coverage.items()])],
-        ignore_index=True,
-    )
+        others["oracle"] = _aligned(test, o, "expected_revenue")
 
-    def champion_value(champion: ClvModel) -> float:
-        return evaluation.regression_metrics(y, champion.predict(test)["expected_revenue"].to_numpy())["normalized_gini"]
+    def evaluate(candidate: Any) -> Evaluation:
+        predicted = candidate.predict(test)
+        preds = {"model": predicted["expected_revenue"].to_numpy(), **others}
+        metrics = _metrics_table("expected_revenue", preds, y, evaluation.regression_metrics)
+        coverage = evaluation.interval_coverage(y, predicted["expected_revenue_p10"].to_numpy(), predicted["expected_revenue_p90"].to_numpy())
+        metrics = pd.concat(
+            [metrics, pd.DataFrame([{"indicator": "expected_revenue", "method": "model", "metric": f"p10_p90_{k}", "value": v} for k, v in coverage.items()])],
+            ignore_index=True,
+        )
+        return Evaluation(metrics, {"deciles": {k: (y, v) for k, v in preds.items()}, "gains": {k: (y, v) for k, v in preds.items()}})
 
+    result = evaluate(model)
+
+    def champion_value(champion: Any) -> float:
+        return evaluation.regression_metrics(y, _learned_at(champion, h).predict(test)["expected_revenue"].to_numpy())["normalized_gini"]
+
+    gate = _Gate("clv", "normalized_gini", True, w, test, "customers with at least one purchase by the cutoff")
+    winner = _classical_candidate(data, gate, result, evaluate, model, {"horizon": h})
     report = _track(
-        config, client, "clv", model, metrics, test, "normalized_gini", True, champion_value,
-        window=w, population="customers with at least one purchase by the cutoff",
-        plots={"deciles": {k: (y, v) for k, v in preds.items()}, "gains": {k: (y, v) for k, v in preds.items()}},
+        config, client, "clv", served, result.metrics, test, "normalized_gini", True, champion_value,
+        window=w, population=gate.population, plots=result.plots, baseline_served=winner is not None,
     )
-    return [_report_from(report, "expected_revenue", metrics, "normalized_gini", True)]
+    if winner is not None and report.gate_note is not None:
+        report.gate_note += _serve_classical(config, client, data, gate, winner, served, {"horizon": s.clv_horizon_days}, report)
+    return [_report_from(report, "expected_revenue", result.metrics, "normalized_gini", True)]
 
 
 # --- lookalike -------------------------------------------------------------------------------
@@ -513,14 +655,11 @@ def _serve_activity_baseline(
         f"(run {beaten.run_id}, version {beaten.version}) ranks the held-out seed members worse: {loss}. "
         f"Its rows are `model` below; the PU model's are `{PU_METHOD}`."
     )
-    with mlflow.start_run(run_name=f"{name} ({ACTIVITY_BASELINE} baseline)", nested=True):
-        mlflow.set_tags({"model_kind": "baseline", "baseline": ACTIVITY_BASELINE, "replaces_run": beaten.run_id or ""})
-        uri = _log_run(
-            config, name, heuristic, metrics, candidates, metric, window=None, population=population,
-            extra={"audience": audiences[ACTIVITY_BASELINE]}, card_note=note,
-        )
-        reason = f"{ACTIVITY_BASELINE} baseline served as champion: PU challenger v{beaten.version} ranks held-out seed members worse ({loss})"
-        return tracking.register_baseline(client, name, uri, metric, value, ACTIVITY_BASELINE, True, reason)
+    reason = f"{ACTIVITY_BASELINE} baseline served as champion: PU challenger v{beaten.version} ranks held-out seed members worse ({loss})"
+    return _register_served_baseline(
+        config, client, name, ACTIVITY_BASELINE, heuristic, metrics, candidates, metric, value, True, beaten, note, reason,
+        window=None, population=population, extra={"audience": audiences[ACTIVITY_BASELINE]},
+    )
 
 
 # --- tracking shared by every model ------------------------------------------------------------
@@ -566,7 +705,7 @@ def _track(
     )
     return ModelReport(
         name, name, headline, higher_is_better, model_value, {}, None, decision.promoted, decision.challenger_version,
-        metrics, mlflow.active_run().info.run_id, decision.note,
+        metrics, mlflow.active_run().info.run_id, decision.note, model.horizons_note(),
     )
 
 
@@ -613,6 +752,7 @@ def _log_run(
         if np.isfinite(r.value):
             mlflow.log_metric(f"{r.method}.{r.indicator}.{r.metric}", float(r.value))
     tracking.log_table(metrics, "backtest_metrics.csv")
+    mlflow.log_params({"horizons": model.horizons_note()})
     if window is not None:
         mlflow.log_params({"window": window.describe()})
     for key, frame in (extra or {}).items():
@@ -628,7 +768,7 @@ def _log_run(
             mlflow.log_artifact(str(path), "plots/shap")
         importance = global_importance(x, contributions)
         tracking.log_table(importance, "shap_importance.csv")
-        card = model_card(name, window, population, metrics, headline, importance)
+        card = model_card(name, window, population, metrics, headline, importance, model.horizons_note())
         if card_note:
             title, _, rest = card.partition("\n")
             card = f"{title}\n\n{card_note}\n{rest}"
@@ -649,12 +789,19 @@ def _pyfunc_example(model: Any, rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def model_card(
-    name: str, window: Windows | None, population: str, metrics: pd.DataFrame, headline: str, importance: pd.DataFrame
+    name: str, window: Windows | None, population: str, metrics: pd.DataFrame, headline: str, importance: pd.DataFrame,
+    horizons: str,
 ) -> str:
     pivot = metrics.pivot_table(index=["indicator", "metric"], columns="method", values="value", aggfunc="first")
+    carried = (
+        "- **Carried horizons are not backtested**: the history holds no window that long; the metrics below are "
+        "the learned horizon's." if "carried" in horizons else None
+    )
     lines = [
         f"# Model card: {name}",
         "",
+        f"- **Horizons**: {horizons}",
+        *([carried] if carried else []),
         f"- **Data window**: {window.describe() if window else 'features at the end of the data'}",
         f"- **Evaluation population**: {population}",
         f"- **Headline metric**: {headline}",
@@ -671,7 +818,7 @@ def model_card(
         "## Known limits",
         "",
         "- Trained on the data in the window above; drift after it is not seen.",
-        "- Baselines: BG/NBD + Gamma-Gamma (PyMC-Marketing, MAP) and RFM cells; the oracle exists only on generated data.",
+        "- Baselines: BG/NBD + Gamma-Gamma (PyMC-Marketing, MAP), Pareto/NBD + Gamma-Gamma (maximum likelihood) and RFM cells; the oracle exists only on generated data.",
         "- Probabilities are calibrated on the tune window, one step before the test window.",
     ]
     return "\n".join(lines)

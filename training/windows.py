@@ -9,15 +9,26 @@ snapshot dates and window features are exact at each of them. For a horizon ``H`
   where the history allows it, otherwise as late as possible (always ending by the test cutoff).
 
 No label used for fitting or tuning reads data after the test cutoff.
+
+``plan_horizons`` decides which horizons the history can learn: a horizon whose fit, tune and
+test windows do not fit in the data is learned at the longest one that does and carried to its
+length by a buy-till-you-die model (``training.carry``), so one year of history still gives a
+365-day CLV, labelled as carried.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from training.config import ModelSettings
+
+# The least history before a cutoff that anything is fitted on, in ``indicators train`` (when the
+# data is too short for ``ModelSettings.min_history_days``) and ``indicators backtest`` alike.
+MIN_HISTORY_DAYS = 56
+MIN_BUYERS = 20  # below this a fitted model says nothing a reader could trust
 
 
 class HistoryTooShort(ValueError):
@@ -73,24 +84,85 @@ def plan_windows(
     return Windows(horizon_days=horizon_days, fit=tuple(sorted(fit)), tune=tune, test=test)
 
 
-def model_horizons(settings: ModelSettings) -> dict[str, int]:
-    """The label horizon each model is backtested on."""
-    return {
-        "purchase_timing": settings.churn_horizon_days,
-        "expected_purchases": settings.expected_purchases_horizon_days,
-        "clv": settings.clv_horizon_days,
-        "lookalike": settings.churn_horizon_days,
-    }
+@dataclass(frozen=True)
+class HorizonPlan:
+    """What the history can learn: each configured horizon is learned at itself when its
+    windows fit in the data, otherwise at ``longest`` (or, on the purchase grid, at the longest
+    grid horizon within it) and carried from there."""
+
+    longest: int  # the longest horizon whose fit, tune and test windows fit in the data
+    min_history_days: int  # history before the first fit cutoff (relaxed on short data)
+    purchase_grid: tuple[int, ...]
+    windows: dict[int, Windows] = field(default_factory=dict)  # per learned horizon
+
+    def learned(self, horizon: int) -> int:
+        """The horizon labels are learned at for ``horizon`` (itself unless it is carried)."""
+        if horizon <= self.longest:
+            return horizon
+        if horizon in self.purchase_grid:
+            return max(h for h in self.purchase_grid if h <= self.longest)
+        return self.longest
+
+    def carried(self, horizon: int) -> bool:
+        return self.learned(horizon) != horizon
+
+    @property
+    def learned_grid(self) -> tuple[int, ...]:
+        return tuple(h for h in self.purchase_grid if h <= self.longest)
+
+    def describe(self, horizon: int) -> str:
+        if not self.carried(horizon):
+            return f"{horizon} d, learned"
+        return f"{horizon} d, carried from {self.learned(horizon)} d learned (the history holds no longer window)"
+
+    @property
+    def cutoffs(self) -> list[datetime]:
+        return sorted({c for w in self.windows.values() for c in w.all})
 
 
-def required_cutoffs(
-    data_start: datetime, data_end: datetime, settings: ModelSettings
-) -> list[datetime]:
-    """Every cutoff any model or horizon needs, plus the end of the data (for scoring)."""
-    dates = {data_end}
-    for horizon in {*model_horizons(settings).values(), *settings.purchase_horizons}:
+def plan_horizons(
+    data_start: datetime, data_end: datetime, horizons: Iterable[int], settings: ModelSettings
+) -> HorizonPlan:
+    """The windows of every horizon, learned or carried (see ``HorizonPlan``).
+
+    Fit cutoffs want ``settings.min_history_days`` before them; data too short for a single
+    step-long window with that much is planned with ``MIN_HISTORY_DAYS`` instead. Below that,
+    ``HistoryTooShort`` says how much history is needed.
+    """
+    horizons = sorted(set(horizons))
+    history = (data_end - data_start).days
+    for min_history in dict.fromkeys((settings.min_history_days, min(MIN_HISTORY_DAYS, settings.min_history_days))):
+        relaxed = replace(settings, min_history_days=min_history)
+        longest = _longest_horizon(data_start, data_end, max(horizons), relaxed)
+        if longest is not None and any(h <= longest for h in settings.purchase_horizons):
+            break
+    else:
+        needed = min(MIN_HISTORY_DAYS, settings.min_history_days) + 3 * settings.step_days
+        raise HistoryTooShort(
+            f"{history} days of history: `indicators train` needs at least {needed} days (a fit, a tune and a test "
+            f"window of {settings.step_days} days after {min(MIN_HISTORY_DAYS, settings.min_history_days)} days of "
+            f"history); `indicators backtest` forecasts from {MIN_HISTORY_DAYS} days of history"
+        )
+    plan = HorizonPlan(longest=longest, min_history_days=min_history, purchase_grid=tuple(settings.purchase_horizons))
+    for horizon in {plan.learned(h) for h in horizons}:
+        plan.windows[horizon] = plan_windows(data_start, data_end, horizon, relaxed)
+    return plan
+
+
+def _longest_horizon(data_start: datetime, data_end: datetime, wanted: int, settings: ModelSettings) -> int | None:
+    """``wanted`` if its windows fit, else the longest whole number of grid steps that fits."""
+    for horizon in (wanted, *range(settings.step_days * math.ceil(wanted / settings.step_days), 0, -settings.step_days)):
+        if horizon > wanted:
+            continue
         try:
-            dates.update(plan_windows(data_start, data_end, horizon, settings).all)
+            plan_windows(data_start, data_end, horizon, settings)
         except HistoryTooShort:
             continue
-    return sorted(dates)
+        return horizon
+    return None
+
+
+def model_horizons(settings: ModelSettings) -> tuple[int, ...]:
+    """Every horizon a model predicts at: the purchase grid, churn, expected purchases, CLV."""
+    return tuple(sorted({*settings.purchase_horizons, settings.churn_horizon_days,
+                         settings.expected_purchases_horizon_days, settings.clv_horizon_days}))
