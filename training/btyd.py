@@ -21,6 +21,7 @@ from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1, logsumexp
 
 MODELS = ("pareto_nbd", "bg_nbd")
+LABELS = {"pareto_nbd": "Pareto/NBD", "bg_nbd": "BG/NBD"}  # as a reader knows them
 # Starting points (r, alpha, s|a, beta|b) in days; alpha and beta are rescaled by the median age.
 _START = {"pareto_nbd": np.array([0.5, 50.0, 0.5, 50.0]), "bg_nbd": np.array([0.3, 30.0, 0.8, 2.5])}
 _SCALED = {"pareto_nbd": (1, 3), "bg_nbd": (1,)}

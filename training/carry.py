@@ -24,10 +24,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from training.btyd import MODELS, BtydFit, Rfm, fit_btyd
+from training.btyd import LABELS, MODELS, BtydFit, Rfm, fit_btyd
 from training.dataset import FeatureEncoder
 from training.models import PurchaseTimingModel, timing_indicators
-from training.structural import customer_summary
+from training.structural import customer_summary, rfm_of
 
 RFM_FEATURES = ("purchase_days_total", "days_since_first_purchase", "days_since_last_purchase")
 
@@ -41,8 +41,7 @@ class Carry:
     @classmethod
     def fitted(cls, transactions: pd.DataFrame, cutoff: pd.Timestamp) -> Carry:
         """BG/NBD and Pareto/NBD fitted on every purchase up to ``cutoff``; the likelier one."""
-        summary = customer_summary(transactions, pd.Timestamp(cutoff))
-        rfm = Rfm(*(summary[c].to_numpy(float) for c in ("frequency", "recency", "T")))
+        rfm = rfm_of(customer_summary(transactions, pd.Timestamp(cutoff)))
         fits = [fit_btyd(model, rfm) for model in MODELS]
         return cls(max(fits, key=lambda fit: float(np.sum(fit.log_likelihood(rfm)))))
 
@@ -66,7 +65,7 @@ class Carry:
         return np.clip(ratio, 0.0, 1.0)
 
     def describe(self) -> str:
-        return {"bg_nbd": "BG/NBD", "pareto_nbd": "Pareto/NBD"}[self.fit.model]
+        return LABELS[self.fit.model]
 
 
 def customers_of(rfm: np.ndarray) -> tuple[np.ndarray, Rfm]:
@@ -91,7 +90,7 @@ class BtydOnFeatures:
     learned: Any
     carry: Carry
     encoder_: FeatureEncoder
-    inner_columns_: np.ndarray  # positions of the learned model's columns in our matrix
+    inner_columns_: np.ndarray | None  # positions of the learned model's columns in ours (None: the same)
     rfm_columns_: np.ndarray  # positions of ``reads`` in our matrix
 
     @classmethod
@@ -102,21 +101,23 @@ class BtydOnFeatures:
         position = {column: k for k, column in enumerate(encoder.columns_)}
         return cls(
             learned=learned, carry=carry, encoder_=encoder,
-            inner_columns_=np.asarray([position[c] for c in inner.columns_]),
+            inner_columns_=np.asarray([position[c] for c in inner.columns_]) if extra else None,
             rfm_columns_=np.asarray([position[c] for c in cls.reads]),
             **attributes,
         )
 
     def _inner(self, matrix: np.ndarray) -> np.ndarray:
-        return matrix if matrix.shape[1] == len(self.inner_columns_) else matrix[:, self.inner_columns_]
+        return matrix if self.inner_columns_ is None else matrix[:, self.inner_columns_]
 
     def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
         return pd.DataFrame(self.indicators(self.encoder_.matrix(features) if matrix is None else matrix), index=features.index)
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         """The learned model's SHAP contributions (the carry adds none), on our columns."""
-        out = np.zeros((len(matrix), len(self.encoder_.columns_) + 1))
         inner = self.learned.contributions(self._inner(matrix))
+        if self.inner_columns_ is None:
+            return inner
+        out = np.zeros((len(matrix), len(self.encoder_.columns_) + 1))
         out[:, self.inner_columns_] = inner[:, :-1]
         out[:, -1] = inner[:, -1]
         return out

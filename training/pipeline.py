@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from training import baselines, classical, evaluation, tracking
+from training.btyd import LABELS
 from training.carry import CarriedTiming, CarriedValue, Carry, learned_model
 from training.config import Config
 from training.dataset import FeatureEncoder, entity_rows, features_at
@@ -35,7 +36,7 @@ from training.models import (
 )
 from training.report import build_report
 from training.tuning import tune
-from training.windows import HorizonPlan, Windows, model_horizons, plan_horizons
+from training.windows import MIN_BUYERS, HistoryTooShort, HorizonPlan, Windows, plan_horizons
 
 Step = Callable[[str], None]
 MONETARY_PREFIXES = ("revenue_", "avg_order_value", "max_order_value")
@@ -59,6 +60,7 @@ class ModelReport:
     # Set when the model loses to its best baseline: what the gate did about it (summaries show it).
     gate_note: str | None = None
     horizons: str = ""  # which horizons were learned and how longer ones are carried
+    serve_baseline: bool = False  # the gate asks the trainer to serve the baseline in the model's place
 
     @property
     def best_baseline(self) -> tuple[str, float]:
@@ -104,19 +106,23 @@ def prepare(config: Config, on_step: Step, timings: dict[str, float]) -> tuple[M
     end = data_end(paths)
     con = connect(paths)
     try:
-        first = con.execute("SELECT min(\"timestamp\") FROM transactions").fetchall()[0][0]
+        first, buyers = con.execute(
+            "SELECT min(\"timestamp\"), count(DISTINCT customer_id) FILTER (WHERE amount > 0) FROM transactions"
+        ).fetchall()[0]
+        if buyers < MIN_BUYERS:
+            raise HistoryTooShort(f"{buyers} customers have bought; at least {MIN_BUYERS} are needed to fit a model")
         start = pd.Timestamp(first).tz_convert("UTC").floor("D").to_pydatetime()
         settings = config.models
-        horizons = plan_horizons(start, end, model_horizons(settings), settings)
+        horizons = plan_horizons(start, end, settings)
         snapshot_dates = set(config.snapshots.dates(end)) | set(horizons.cutoffs) | {end}
         build_snapshots(paths, sorted(snapshot_dates))
         store = feature_store.feature_store(config)
         feature_store.apply(store, paths)
         timings["snapshots"] = time.perf_counter() - started
         on_step(f"snapshots at {len(snapshot_dates)} dates")
-        for horizon in model_horizons(settings):
-            if horizons.carried(horizon):
-                on_step(f"{(end - start).days} days of history: the {horizon}-day horizon is {horizons.describe(horizon)}")
+        if horizons.carries:
+            on_step(f"{(end - start).days} days of history: horizons up to {horizons.longest} days are learned, "
+                    f"longer ones carried from there (fit cutoffs after {horizons.min_history_days} days of history)")
         started = time.perf_counter()
         feature_store.write_latest_online(store, paths)
         timings["online_write"] = time.perf_counter() - started
@@ -134,7 +140,7 @@ def prepare(config: Config, on_step: Step, timings: dict[str, float]) -> tuple[M
         on_step(f"features for {len(rows):,} (customer, cutoff) rows of {len(profile):,} customers")
 
         started = time.perf_counter()
-        counted = {*horizons.learned_grid, *(horizons.learned(h) for h in (settings.churn_horizon_days, settings.expected_purchases_horizon_days))}
+        counted = {*horizons.learned_grid, horizons.learned(settings.expected_purchases_horizon_days)}
         labels = build_labels(con, rows, sorted(counted), [horizons.learned(settings.clv_horizon_days)], end)
         timings["labels"] = time.perf_counter() - started
     finally:
@@ -148,7 +154,7 @@ def prepare(config: Config, on_step: Step, timings: dict[str, float]) -> tuple[M
     if truth is not None:
         truth = truth[truth["customer_id"].isin(modelled)].reset_index(drop=True)
     carry = None
-    if any(horizons.carried(h) for h in model_horizons(settings)):
+    if horizons.carries:
         carry = Carry.fitted(transactions, pd.Timestamp(end))
         on_step(f"{carry.describe()} fitted on the whole history carries the longer horizons")
     return ModelingData(merged, horizons, start, end, transactions, truth, carry), store
@@ -210,7 +216,7 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
         fit = data.at(w.fit)
         tune_rows = data.at([w.tune])
         sets[h] = (fit, (fit[f"future_purchase_days_{h}d"] > 0).to_numpy(float), tune_rows, (tune_rows[f"future_purchase_days_{h}d"] > 0).to_numpy(float))
-    churn_h = data.plan.learned(s.churn_horizon_days)
+    churn_h = data.plan.learned_on_grid(s.churn_horizon_days)
     model = PurchaseTimingModel(horizons=grid, churn_horizon=churn_h, seed=config.seed, threads=s.threads, max_rounds=s.max_rounds)
     model.params = _tuned(config, *sets[churn_h], "binary")
     model.fit(sets)
@@ -235,9 +241,10 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
     if oracle is not None:
         baseline_churn["oracle"] = 1 - _aligned(test, oracle, f"p_purchase_{churn_h}d")
 
-    def evaluate(candidate: Any) -> Evaluation:
+    def evaluate(candidate_at: Callable[[datetime], Any]) -> Evaluation:
         """Churn, P(purchase within h) on each horizon's test window, next-purchase coverage."""
-        candidates = {"model": 1 - candidate.purchase_curve(test)[f"p_purchase_{churn_h}d"].to_numpy(), **baseline_churn}
+        at_churn = candidate_at(w.test).purchase_curve(test)[f"p_purchase_{churn_h}d"].to_numpy()
+        candidates = {"model": 1 - at_churn, **baseline_churn}
         tables = [_metrics_table("churn", candidates, churned, evaluation.classification_metrics)]
         for h in grid:  # among customers who have bought
             wh = data.windows[h]
@@ -245,7 +252,7 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
             t = t[_buyers(t)].reset_index(drop=True)
             bought = (t[f"future_purchase_days_{h}d"] > 0).to_numpy(float)
             preds = {
-                "model": candidate.purchase_curve(t)[f"p_purchase_{h}d"].to_numpy(),
+                "model": candidate_at(wh.test).purchase_curve(t)[f"p_purchase_{h}d"].to_numpy(),
                 "btyd": _aligned(t, _btyd(data, config, wh.test), f"p_purchase_{h}d"),
                 "pareto_nbd": _aligned(t, _pareto(data, config, wh.test), f"p_purchase_{h}d"),
                 "rfm": baselines.RfmCells().fit(sets[h][0], sets[h][1]).predict(t),
@@ -257,26 +264,19 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
         longest = data.windows[max(grid)]
         t = data.at([longest.test])
         t = t[_buyers(t)].reset_index(drop=True)
-        timing = candidate.predict(t)
+        timing = candidate_at(longest.test).predict(t)
         tables.append(_timing_table(t, timing, (data.data_end - longest.test).total_seconds() / 86_400))
         curves = {k: (churned, v) for k, v in candidates.items()}
         return Evaluation(pd.concat(tables, ignore_index=True), {"calibration": curves, "gains": curves}, {"next_purchase_days": timing})
-
-    result = evaluate(model)
-    metrics = result.metrics
 
     def champion_value(champion: Any) -> float:
         return evaluation.classification_metrics(churned, _learned_at(champion, churn_h).predict(test)["p_churn"].to_numpy())["auc"]
 
     gate = _Gate("purchase_timing", "auc", True, w, test, "customers who bought in the 365 days before the cutoff", -1.0)
-    winner = _classical_candidate(data, gate, result, evaluate, model, {"horizons": grid, "churn_horizon": churn_h})
-    report = _track(
-        config, client, "purchase_timing", served, metrics, test, "auc", True, champion_value,
-        window=w, population=gate.population, plots=result.plots, explain_sign=-1.0, extra=result.extra,
-        baseline_served=winner is not None,
+    report = _gate_and_serve(
+        config, client, data, gate, model, served, evaluate, champion_value, {"horizons": grid, "churn_horizon": churn_h}, full,
     )
-    if winner is not None and report.gate_note is not None:
-        report.gate_note += _serve_classical(config, client, data, gate, winner, served, full, report)
+    metrics = report.metrics
     next_h = 30 if 30 in grid else grid[-1]
     return [
         _report_from(report, "churn", metrics, "auc", True),
@@ -311,32 +311,68 @@ class _Classical:
     """A classical baseline that beats the learnt model on its test window, as a servable model."""
 
     baseline: str  # the pipeline's name for it (``classical.NAMES``)
-    evaluation: Evaluation  # the servable model's own metrics, fitted at the test cutoff
+    evaluation: Evaluation  # the servable model's own metrics, fitted at each test cutoff
     value: float  # its headline metric
-    learnt: Any  # the learnt model (at the learned horizons): the fallback for non-buyers
+
+
+def _gate_and_serve(
+    config: Config, client, data: ModelingData, gate: _Gate, model: Any, served: Any,
+    evaluate: Callable[[Callable[[datetime], Any]], Evaluation], champion_value: Callable[[Any], float],
+    at_learned: dict[str, Any], at_full: dict[str, Any],
+) -> ModelReport:
+    """Evaluate the learnt ``model``, log and gate ``served`` (the model as served: carried or
+    not), and serve the classical model instead when the gate says so (``_classical_candidate``).
+    ``evaluate`` takes the candidate to score at each test cutoff; ``at_learned`` and ``at_full``
+    are the classical model's horizons for evaluation and for serving."""
+    result = evaluate(lambda _cutoff: model)
+    winner, refit_note = _classical_candidate(data, gate, result, evaluate, model, at_learned)
+    report = _track(
+        config, client, gate.name, served, result.metrics, gate.test, gate.headline, gate.higher_is_better, champion_value,
+        window=gate.window, population=gate.population, plots=result.plots, explain_sign=gate.explain_sign,
+        extra=result.extra, servable_baseline=None if winner is None else winner.value,
+    )
+    if report.serve_baseline and winner is not None:
+        report.gate_note += _serve_classical(config, client, data, gate, winner, served, at_full, report)
+    elif report.gate_note is not None and refit_note:
+        report.gate_note += f"; {refit_note}"
+    return report
 
 
 def _classical_candidate(
-    data: ModelingData, gate: _Gate, learnt: Evaluation, evaluate: Callable[[Any], Evaluation], model: Any,
-    at_learned: dict[str, Any],
-) -> _Classical | None:
-    """The classical model to serve if the learnt one loses to a classical baseline: fitted at
-    the test cutoff, evaluated by the same ``evaluate``, and kept only if it beats the learnt
-    model there too. None when the learnt model wins, or loses only to a heuristic."""
+    data: ModelingData, gate: _Gate, learnt: Evaluation, evaluate: Callable[[Callable[[datetime], Any]], Evaluation],
+    model: Any, at_learned: dict[str, Any],
+) -> tuple[_Classical | None, str | None]:
+    """The classical model to serve if the learnt one loses to BG/NBD or Pareto/NBD: fitted by
+    this project at each test cutoff and scored by the same ``evaluate``, kept only if it beats
+    the learnt model there too (the gate's baselines are PyMC-Marketing's MAP fits). None when
+    the learnt model wins, when its best baseline is RFM cells, or when the refit does not beat
+    it (then also a note saying so, tagged on the run)."""
     best = best_baseline(learnt.metrics, gate.headline, gate.higher_is_better)
     value = _headline(learnt.metrics, gate.headline)
     if best is None or best[0] not in classical.NAMES or not tracking.worse(value, best[1], gate.higher_is_better, 0.0):
-        return None
-    fitted = classical.fit_classical(data.transactions, pd.Timestamp(gate.window.test), classical.NAMES[best[0]])
-    result = evaluate(classical.classical_model(gate.name, model, fitted, **at_learned))
+        return None, None
+    kind = classical.NAMES[best[0]]
+    fits: dict[datetime, Any] = {}
+
+    def candidate_at(cutoff: datetime) -> Any:
+        if cutoff not in fits:  # fitted on the data up to each test cutoff, never after it
+            fitted = classical.fit_classical(data.transactions, pd.Timestamp(cutoff), kind)
+            fits[cutoff] = classical.classical_model(gate.name, model, fitted, **at_learned)
+        return fits[cutoff]
+
+    result = evaluate(candidate_at)
     served_value = _headline(result.metrics, gate.headline)
     if tracking.worse(served_value, value, gate.higher_is_better, 0.0):
-        return None
-    return _Classical(best[0], result, served_value, model)
+        note = (f"{LABELS[kind]} as this project fits it does not beat the learnt model on this window "
+                f"({gate.headline} {served_value:.4f}), so it is not served")
+        mlflow.set_tag("promotion.classical_refit", note)
+        return None, note
+    return _Classical(best[0], result, served_value), None
 
 
-def _headline(metrics: pd.DataFrame, headline: str) -> float:
-    return float(metrics.query(f"method == 'model' and metric == '{headline}'")["value"].iloc[0])
+def _headline(metrics: pd.DataFrame, headline: str, method: str = "model") -> float:
+    """``method``'s value of the ``headline`` metric (on the model's first indicator)."""
+    return float(metrics.query(f"method == '{method}' and metric == '{headline}'")["value"].iloc[0])
 
 
 LEARNT_METHOD = "learnt_model"  # the losing learnt model's rows in the metrics of a served baseline
@@ -351,7 +387,7 @@ def _serve_classical(
     metrics are the classical model's own on the test window, the learnt model's beside them."""
     fitted = classical.fit_classical(data.transactions, pd.Timestamp(data.data_end), classical.NAMES[chosen.baseline])
     model = classical.classical_model(gate.name, served, fitted, **at_full)
-    label = classical.LABELS[classical.NAMES[chosen.baseline]]
+    label = LABELS[classical.NAMES[chosen.baseline]]
     learnt_rows = beaten.metrics[beaten.metrics["method"] == "model"].assign(method=LEARNT_METHOD)
     metrics = pd.concat([chosen.evaluation.metrics, learnt_rows], ignore_index=True)
     loss = f"{gate.headline} {beaten.model_value:.4f} against {chosen.value:.4f}"
@@ -456,25 +492,20 @@ def train_expected_purchases(config: Config, data: ModelingData, client, on_step
     if o is not None:
         others["oracle"] = _aligned(test, o, "expected_purchases")
 
-    def evaluate(candidate: Any) -> Evaluation:
-        preds = {"model": candidate.predict(test)["expected_purchases"].to_numpy(), **others}
+    def evaluate(candidate_at: Callable[[datetime], Any]) -> Evaluation:
+        preds = {"model": candidate_at(w.test).predict(test)["expected_purchases"].to_numpy(), **others}
         metrics = _metrics_table("expected_purchases", preds, y, evaluation.regression_metrics)
         return Evaluation(metrics, {"deciles": {k: (y, v) for k, v in preds.items()}})
-
-    result = evaluate(model)
 
     def champion_value(champion: Any) -> float:
         return evaluation.regression_metrics(y, _learned_at(champion, h).predict(test)["expected_purchases"].to_numpy())["mae"]
 
     gate = _Gate("expected_purchases", "mae", False, w, test, "customers with at least one purchase by the cutoff")
-    winner = _classical_candidate(data, gate, result, evaluate, model, {"horizon": h})
-    report = _track(
-        config, client, "expected_purchases", served, result.metrics, test, "mae", False, champion_value,
-        window=w, population=gate.population, plots=result.plots, baseline_served=winner is not None,
+    report = _gate_and_serve(
+        config, client, data, gate, model, served, evaluate, champion_value, {"horizon": h},
+        {"horizon": s.expected_purchases_horizon_days},
     )
-    if winner is not None and report.gate_note is not None:
-        report.gate_note += _serve_classical(config, client, data, gate, winner, served, {"horizon": s.expected_purchases_horizon_days}, report)
-    return [_report_from(report, "expected_purchases", result.metrics, "mae", False)]
+    return [_report_from(report, "expected_purchases", report.metrics, "mae", False)]
 
 
 def _carried_value(model: CountModel | ClvModel, data: ModelingData, horizon: int) -> Any:
@@ -532,8 +563,8 @@ def train_clv(config: Config, data: ModelingData, client, on_step: Step) -> list
     if o is not None:
         others["oracle"] = _aligned(test, o, "expected_revenue")
 
-    def evaluate(candidate: Any) -> Evaluation:
-        predicted = candidate.predict(test)
+    def evaluate(candidate_at: Callable[[datetime], Any]) -> Evaluation:
+        predicted = candidate_at(w.test).predict(test)
         preds = {"model": predicted["expected_revenue"].to_numpy(), **others}
         metrics = _metrics_table("expected_revenue", preds, y, evaluation.regression_metrics)
         coverage = evaluation.interval_coverage(y, predicted["expected_revenue_p10"].to_numpy(), predicted["expected_revenue_p90"].to_numpy())
@@ -543,20 +574,14 @@ def train_clv(config: Config, data: ModelingData, client, on_step: Step) -> list
         )
         return Evaluation(metrics, {"deciles": {k: (y, v) for k, v in preds.items()}, "gains": {k: (y, v) for k, v in preds.items()}})
 
-    result = evaluate(model)
-
     def champion_value(champion: Any) -> float:
         return evaluation.regression_metrics(y, _learned_at(champion, h).predict(test)["expected_revenue"].to_numpy())["normalized_gini"]
 
     gate = _Gate("clv", "normalized_gini", True, w, test, "customers with at least one purchase by the cutoff")
-    winner = _classical_candidate(data, gate, result, evaluate, model, {"horizon": h})
-    report = _track(
-        config, client, "clv", served, result.metrics, test, "normalized_gini", True, champion_value,
-        window=w, population=gate.population, plots=result.plots, baseline_served=winner is not None,
+    report = _gate_and_serve(
+        config, client, data, gate, model, served, evaluate, champion_value, {"horizon": h}, {"horizon": s.clv_horizon_days},
     )
-    if winner is not None and report.gate_note is not None:
-        report.gate_note += _serve_classical(config, client, data, gate, winner, served, {"horizon": s.clv_horizon_days}, report)
-    return [_report_from(report, "expected_revenue", result.metrics, "normalized_gini", True)]
+    return [_report_from(report, "expected_revenue", report.metrics, "normalized_gini", True)]
 
 
 # --- lookalike -------------------------------------------------------------------------------
@@ -604,9 +629,10 @@ def train_lookalikes(config: Config, data: ModelingData, client, on_step: Step) 
         with mlflow.start_run(run_name=name, nested=True):
             report = _track(
                 config, client, name, model, metrics, candidates, metric, True, champion_value,
-                window=None, population=population, extra={"audience": audiences["model"]}, baseline_served=True,
+                window=None, population=population, extra={"audience": audiences["model"]},
+                servable_baseline=_headline(metrics, metric, ACTIVITY_BASELINE),
             )
-        if report.gate_note is not None:  # the PU model loses to the activity baseline: serve the baseline
+        if report.serve_baseline:  # the PU model loses to the activity baseline: serve the baseline
             served = _serve_activity_baseline(config, client, name, heuristic, audiences, metric, candidates, population, report)
             report.gate_note += f" (v{served.challenger_version})"
         reports.append(_report_from(report, name, metrics, metric, True))
@@ -681,11 +707,12 @@ def _track(
     plots: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
     explain_sign: float = 1.0,
     extra: dict[str, pd.DataFrame] | None = None,
-    baseline_served: bool = False,
+    servable_baseline: float | None = None,
 ) -> ModelReport:
     """Log the model in the active run; register it and gate it against the champion and against
-    its best baseline on the same window (``baseline_served``: the caller serves the baseline if
-    the model loses to it)."""
+    its best baseline on the same window. ``servable_baseline``: the headline value of a baseline
+    the caller can serve; when the model loses to its best baseline and the champion does not do
+    as well as that one, the report's ``serve_baseline`` asks the caller to serve it."""
     uri = _log_run(
         config, name, model, metrics, test, headline, window=window, population=population, plots=plots,
         explain_sign=explain_sign, extra=extra,
@@ -697,15 +724,17 @@ def _track(
             champion_score = champion_value(champion)
         except Exception as error:  # an incompatible old champion must not block a new one
             mlflow.set_tag("promotion.champion_error", repr(error)[:500])
-    model_value = float(metrics.query(f"method == 'model' and metric == '{headline}'")["value"].iloc[0])
+    model_value = _headline(metrics, headline)
+    replaces = servable_baseline is not None and tracking.baseline_replaces(champion_score, servable_baseline, higher_is_better)
     decision = tracking.register_and_gate(
         client, name, uri, headline, model_value, champion_score, higher_is_better,
         tolerance=0.002 if higher_is_better else 0.0,
-        baseline=best_baseline(metrics, headline, higher_is_better), baseline_served=baseline_served,
+        baseline=best_baseline(metrics, headline, higher_is_better), baseline_served=replaces,
     )
     return ModelReport(
         name, name, headline, higher_is_better, model_value, {}, None, decision.promoted, decision.challenger_version,
         metrics, mlflow.active_run().info.run_id, decision.note, model.horizons_note(),
+        serve_baseline=replaces and decision.loses_to_baseline,
     )
 
 

@@ -112,7 +112,8 @@ def customer_summary(transactions: pd.DataFrame, cutoff: pd.Timestamp) -> pd.Dat
     return summary.rename_axis("customer_id").reset_index()
 
 
-def _rfm(summary: pd.DataFrame) -> Rfm:
+def rfm_of(summary: pd.DataFrame) -> Rfm:
+    """(x, t_x, T) of a ``customer_summary``."""
     return Rfm(*(summary[c].to_numpy(float) for c in ("frequency", "recency", "T")))
 
 
@@ -154,7 +155,7 @@ def simplest_within_one_se(per_customer: dict[str, np.ndarray]) -> str:
 
 def _shape_features(transactions: pd.DataFrame, cutoff: pd.Timestamp, summary: pd.DataFrame, fit: BtydFit, horizon: int) -> np.ndarray:
     """The correction's inputs; ``log_expected`` is always in the inner horizon's units, as in training."""
-    rfm = _rfm(summary)
+    rfm = rfm_of(summary)
     frame = summary.assign(
         recent_purchase_days=purchase_days_in(transactions, cutoff - pd.Timedelta(days=max(horizon // 3, 7)), cutoff, summary["customer_id"]),
         p_alive=fit.p_alive(rfm),
@@ -212,7 +213,7 @@ def choose(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed:
     ids = summary["customer_id"].to_numpy()
     fitting = customer_uniform(ids, "structural-gate", seed) < INNER_SHARE  # by id: no row-order draw
     scoring = ~fitting
-    rfm = _rfm(summary)
+    rfm = rfm_of(summary)
     per_customer: dict[str, np.ndarray] = {}  # each candidate's deviance on the scoring customers
     described: dict[str, tuple[str, bool]] = {}
     fits: dict[str, BtydFit] = {}
@@ -265,7 +266,7 @@ def _spend(summary: pd.DataFrame, refund_share: float) -> tuple[GammaGamma | Non
 def _revenue_draws(
     fit: BtydFit, summary: pd.DataFrame, horizon: int, rate_factor: np.ndarray, refund_share: float, rng: np.random.Generator
 ) -> np.ndarray:
-    rfm = _rfm(summary)
+    rfm = rfm_of(summary)
     counts = fit.draws(rfm, horizon, INTERVAL_DRAWS, rng, rate_factor).astype(float)
     gamma_gamma, spend = _spend(summary, refund_share)
     if gamma_gamma is None:
@@ -282,7 +283,7 @@ def _interval_levels(choice: Choice, inner: _Inner | None, transactions: pd.Data
     rng = np.random.default_rng(seed + 1)
     factor = np.full(len(inner.summary), choice.level)
     draws = _revenue_draws(fit, inner.summary, inner.horizon, factor, refund_share, rng)
-    mean = fit.expected(_rfm(inner.summary), inner.horizon) * factor * _spend(inner.summary, refund_share)[1]
+    mean = fit.expected(rfm_of(inner.summary), inner.horizon) * factor * _spend(inner.summary, refund_share)[1]
     actual = revenue_in(transactions, inner.cutoff, inner.cutoff + pd.Timedelta(days=inner.horizon), inner.summary["customer_id"])
     best = (np.inf, 0.1)
     for low in np.arange(0.02, 0.40, 0.01):
@@ -312,13 +313,13 @@ def forecast(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, see
     refund_share = float(np.clip(refunded / gross, 0.0, 0.9)) if gross > 0 else 0.0
     choice, inner = choose(log, cutoff, horizon, seed, threads)
     summary = customer_summary(log, cutoff)
-    rfm = _rfm(summary)
+    rfm = rfm_of(summary)
     fit = fit_btyd(choice.model, rfm)
     expected = fit.expected(rfm, horizon)
     factor = np.full(len(summary), choice.level)
     if choice.boosted and inner is not None:
         inner_fit = inner.fits[choice.model]
-        inner_expected = inner_fit.expected(_rfm(inner.summary), inner.horizon)
+        inner_expected = inner_fit.expected(rfm_of(inner.summary), inner.horizon)
         x_inner = _shape_features(log, inner.cutoff, inner.summary, inner_fit, inner.horizon)
         booster = _booster(
             x_inner, inner.actual, np.log(np.maximum(inner_expected, 1e-9)), inner.summary["customer_id"].to_numpy(), seed, threads

@@ -116,6 +116,15 @@ def worse(value: float, reference: float, higher_is_better: bool, tolerance: flo
     return margin < -tolerance
 
 
+def baseline_replaces(champion_value: float | None, baseline_value: float, higher_is_better: bool) -> bool:
+    """Whether a baseline that beat the challenger should also replace the champion: yes unless
+    the champion does at least as well on the same window (None: no champion, or one that
+    cannot be evaluated there, such as a baseline champion, which every run refits)."""
+    if champion_value is None or pd.isna(champion_value):
+        return True
+    return worse(champion_value, baseline_value, higher_is_better, 0.0)
+
+
 def register_and_gate(
     client: MlflowClient,
     name: str,

@@ -19,7 +19,6 @@ length by a buy-till-you-die model (``training.carry``), so one year of history 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -32,7 +31,7 @@ MIN_BUYERS = 20  # below this a fitted model says nothing a reader could trust
 
 
 class HistoryTooShort(ValueError):
-    """The data cannot hold a fit, tune and test window for this horizon."""
+    """The data cannot hold a fit, tune and test window (or has too few buyers to fit on)."""
 
 
 @dataclass(frozen=True)
@@ -86,74 +85,71 @@ def plan_windows(
 
 @dataclass(frozen=True)
 class HorizonPlan:
-    """What the history can learn: each configured horizon is learned at itself when its
-    windows fit in the data, otherwise at ``longest`` (or, on the purchase grid, at the longest
-    grid horizon within it) and carried from there."""
+    """What the history can learn. A horizon is learned at itself when its windows fit in the
+    data, otherwise at ``longest`` (purchase timing: at the longest horizon of its grid within
+    ``longest``, as its probabilities are learned on the grid) and carried from there."""
 
     longest: int  # the longest horizon whose fit, tune and test windows fit in the data
+    wanted: int  # the longest horizon a model predicts at
     min_history_days: int  # history before the first fit cutoff (relaxed on short data)
     purchase_grid: tuple[int, ...]
     windows: dict[int, Windows] = field(default_factory=dict)  # per learned horizon
 
     def learned(self, horizon: int) -> int:
-        """The horizon labels are learned at for ``horizon`` (itself unless it is carried)."""
-        if horizon <= self.longest:
-            return horizon
-        if horizon in self.purchase_grid:
-            return max(h for h in self.purchase_grid if h <= self.longest)
-        return self.longest
+        """The horizon a count or revenue model learns for ``horizon``."""
+        return min(horizon, self.longest)
 
-    def carried(self, horizon: int) -> bool:
-        return self.learned(horizon) != horizon
+    def learned_on_grid(self, horizon: int) -> int:
+        """The horizon of the purchase grid P(purchase within ``horizon``) is carried from."""
+        return horizon if horizon <= self.longest else self.learned_grid[-1]
+
+    @property
+    def carries(self) -> bool:
+        """Some horizon is longer than the history can learn."""
+        return self.longest < self.wanted
 
     @property
     def learned_grid(self) -> tuple[int, ...]:
         return tuple(h for h in self.purchase_grid if h <= self.longest)
-
-    def describe(self, horizon: int) -> str:
-        if not self.carried(horizon):
-            return f"{horizon} d, learned"
-        return f"{horizon} d, carried from {self.learned(horizon)} d learned (the history holds no longer window)"
 
     @property
     def cutoffs(self) -> list[datetime]:
         return sorted({c for w in self.windows.values() for c in w.all})
 
 
-def plan_horizons(
-    data_start: datetime, data_end: datetime, horizons: Iterable[int], settings: ModelSettings
-) -> HorizonPlan:
-    """The windows of every horizon, learned or carried (see ``HorizonPlan``).
+def plan_horizons(data_start: datetime, data_end: datetime, settings: ModelSettings) -> HorizonPlan:
+    """The windows of every horizon the models learn (see ``HorizonPlan``).
 
-    Fit cutoffs want ``settings.min_history_days`` before them; data too short for a single
-    step-long window with that much is planned with ``MIN_HISTORY_DAYS`` instead. Below that,
-    ``HistoryTooShort`` says how much history is needed.
+    Fit cutoffs want ``settings.min_history_days`` before them, or ``MIN_HISTORY_DAYS`` where
+    that lets the history learn a longer horizon (short data). Below the least history that
+    holds one step-long fit, tune and test window, ``HistoryTooShort`` says how much is needed.
     """
-    horizons = sorted(set(horizons))
-    history = (data_end - data_start).days
+    wanted = max(model_horizons(settings))
+    options = []
     for min_history in dict.fromkeys((settings.min_history_days, min(MIN_HISTORY_DAYS, settings.min_history_days))):
         relaxed = replace(settings, min_history_days=min_history)
-        longest = _longest_horizon(data_start, data_end, max(horizons), relaxed)
+        longest = _longest_horizon(data_start, data_end, wanted, relaxed)
         if longest is not None and any(h <= longest for h in settings.purchase_horizons):
-            break
-    else:
-        needed = min(MIN_HISTORY_DAYS, settings.min_history_days) + 3 * settings.step_days
+            options.append((longest, relaxed))
+    if not options:
+        least = min(MIN_HISTORY_DAYS, settings.min_history_days)
         raise HistoryTooShort(
-            f"{history} days of history: `indicators train` needs at least {needed} days (a fit, a tune and a test "
-            f"window of {settings.step_days} days after {min(MIN_HISTORY_DAYS, settings.min_history_days)} days of "
-            f"history); `indicators backtest` forecasts from {MIN_HISTORY_DAYS} days of history"
+            f"{(data_end - data_start).days} days of history: `indicators train` needs at least "
+            f"{least + 3 * settings.step_days} days (a fit, a tune and a test window of {settings.step_days} days after "
+            f"{least} days of history); `indicators backtest` forecasts from {MIN_HISTORY_DAYS} days of history"
         )
-    plan = HorizonPlan(longest=longest, min_history_days=min_history, purchase_grid=tuple(settings.purchase_horizons))
-    for horizon in {plan.learned(h) for h in horizons}:
-        plan.windows[horizon] = plan_windows(data_start, data_end, horizon, relaxed)
+    longest, chosen = max(options, key=lambda option: option[0])  # the stricter one on a tie (listed first)
+    plan = HorizonPlan(longest=longest, wanted=wanted, min_history_days=chosen.min_history_days, purchase_grid=tuple(settings.purchase_horizons))
+    learned = {*plan.learned_grid, plan.learned(settings.expected_purchases_horizon_days), plan.learned(settings.clv_horizon_days)}
+    for horizon in learned:
+        plan.windows[horizon] = plan_windows(data_start, data_end, horizon, chosen)
     return plan
 
 
 def _longest_horizon(data_start: datetime, data_end: datetime, wanted: int, settings: ModelSettings) -> int | None:
-    """``wanted`` if its windows fit, else the longest whole number of grid steps that fits."""
-    for horizon in (wanted, *range(settings.step_days * math.ceil(wanted / settings.step_days), 0, -settings.step_days)):
-        if horizon > wanted:
-            continue
+    """``wanted`` if its windows fit, else the longest whole number of grid steps below it that does."""
+    step = settings.step_days
+    for horizon in (wanted, *range(step * ((wanted - 1) // step), 0, -step)):
         try:
             plan_windows(data_start, data_end, horizon, settings)
         except HistoryTooShort:

@@ -110,8 +110,12 @@ def test_carried_models_keep_the_learned_horizons_and_extend_the_rest(carry: Car
     for column in ("expected_revenue", "expected_revenue_p10", "expected_revenue_p90"):
         np.testing.assert_allclose(served[column], learned[column] * ratio)
     x, contributions = value.explain(features.head(5))
+    own = clv.contributions(clv.encoder_.matrix(features.head(5)))
     assert contributions.shape == (5, len(x.columns) + 1)
-    np.testing.assert_allclose(contributions.sum(axis=1), clv.contributions(clv.encoder_.matrix(features.head(5))).sum(axis=1))
+    for k, column in enumerate(x.columns):  # each contribution stays with its feature's name
+        expected = own[:, clv.encoder_.columns_.index(column)] if column in clv.encoder_.columns_ else 0.0
+        np.testing.assert_allclose(contributions[:, k], expected)
+    np.testing.assert_allclose(contributions[:, -1], own[:, -1])
 
 
 def test_the_classical_model_serves_buyers_and_the_learnt_one_the_others(log: pd.DataFrame) -> None:

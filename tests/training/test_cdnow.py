@@ -71,12 +71,12 @@ def bgnbd_same_data(log: pd.DataFrame, customers: pd.Series) -> pd.DataFrame:
     ``expected_probability_no_purchase`` ranks customers differently from it)."""
     from training.baselines import btyd_predictions
     from training.btyd import fit_btyd
-    from training.structural import _rfm, customer_summary
+    from training.structural import customer_summary, rfm_of
 
     classical = btyd_predictions(log, CUTOFF, (30, HORIZON), HORIZON, HORIZON)
     frame = customers.to_frame().merge(classical, on="customer_id", how="left")
     summary = customers.to_frame().merge(customer_summary(log, CUTOFF), on="customer_id", how="left")
-    rfm = _rfm(summary)
+    rfm = rfm_of(summary)
     exact = fit_btyd("bg_nbd", rfm)
     frame["p_churn"] = exact.p_no_purchase(rfm, HORIZON)
     frame["p_purchase_30d"] = 1 - exact.p_no_purchase(rfm, 30)

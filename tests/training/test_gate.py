@@ -158,3 +158,15 @@ def test_a_failed_run_puts_every_champion_back(tmp_path) -> None:
     client.set_registered_model_alias("new", tracking.CHAMPION, "1")
     tracking.restore_champions(client, before)
     assert tracking.champion_versions(client, ["kept", "moved", "new"]) == {"kept": "1", "moved": "1", "new": None}
+
+
+def test_a_baseline_replaces_the_champion_only_if_the_champion_does_worse_than_it() -> None:
+    from training.tracking import baseline_replaces
+
+    assert baseline_replaces(None, 0.80, higher_is_better=True)  # no champion, or a baseline champion
+    assert baseline_replaces(float("nan"), 0.80, higher_is_better=True)
+    assert baseline_replaces(0.78, 0.80, higher_is_better=True)
+    assert not baseline_replaces(0.81, 0.80, higher_is_better=True)  # a better champion stays
+    assert not baseline_replaces(0.80, 0.80, higher_is_better=True)
+    assert baseline_replaces(1.10, 1.00, higher_is_better=False)  # MAE: lower is better
+    assert not baseline_replaces(0.90, 1.00, higher_is_better=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -30,32 +31,47 @@ def test_short_history_is_refused_with_a_reason() -> None:
 
 def test_a_long_history_learns_every_horizon() -> None:
     settings = ModelSettings()
-    plan = plan_horizons(START, END, model_horizons(settings), settings)
-    assert not any(plan.carried(h) for h in model_horizons(settings))
-    assert plan.learned_grid == settings.purchase_horizons
+    plan = plan_horizons(START, END, settings)
+    assert not plan.carries and plan.learned_grid == settings.purchase_horizons
+    assert plan.min_history_days == settings.min_history_days
     for horizon in model_horizons(settings):
+        assert plan.learned(horizon) == plan.learned_on_grid(horizon) == horizon
         assert set(plan_windows(START, END, horizon, settings).all) <= set(plan.cutoffs)
 
 
-def test_a_year_learns_90_days_and_carries_the_rest() -> None:
+def test_a_year_learns_the_purchase_grid_to_90_days_and_revenue_to_120() -> None:
     settings = ModelSettings()
-    plan = plan_horizons(START, START + timedelta(days=374), model_horizons(settings), settings)
+    end = START + timedelta(days=374)
+    plan = plan_horizons(START, end, settings)
+    assert plan.carries and plan.longest == 120
     assert plan.learned_grid == (7, 14, 30, 60, 90)
-    assert plan.learned(180) == plan.learned(365) == 90  # on the purchase grid
-    assert plan.learned(settings.clv_horizon_days) == plan.longest == 90
-    assert plan.min_history_days == settings.min_history_days
-    assert "carried from 90 d" in plan.describe(365) and plan.describe(90) == "90 d, learned"
-    for horizon in plan.windows:
-        assert plan.windows[horizon].test + timedelta(days=horizon) <= START + timedelta(days=374)
+    assert plan.learned_on_grid(180) == plan.learned_on_grid(365) == 90
+    assert plan.learned(settings.clv_horizon_days) == 120 and plan.learned(settings.expected_purchases_horizon_days) == 90
+    for horizon, windows in plan.windows.items():
+        assert windows.test + timedelta(days=horizon) <= end
+        assert windows.fit[0] >= START + timedelta(days=plan.min_history_days)
 
 
-def test_six_months_relaxes_the_history_before_the_first_fit() -> None:
+@pytest.mark.parametrize(
+    ("days", "longest", "grid_top", "min_history"),
+    [
+        (182, 30, 30, 56),  # six months: only the relaxed history holds a window
+        (240, 60, 60, 56),  # relaxed learns 60 d where 120 days before the first fit learn 30
+        (300, 90, 90, 56),
+        (374, 120, 90, 56),
+        (420, 150, 90, 56),
+        (500, 180, 180, 56),
+    ],
+)
+def test_the_plan_learns_the_longest_horizon_the_history_holds(days: int, longest: int, grid_top: int, min_history: int) -> None:
     settings = ModelSettings()
-    plan = plan_horizons(START, START + timedelta(days=182), model_horizons(settings), settings)
-    assert plan.min_history_days < settings.min_history_days
-    assert plan.learned_grid == (7, 14, 30) and plan.learned(settings.churn_horizon_days) == 30
+    plan = plan_horizons(START, START + timedelta(days=days), settings)
+    assert (plan.longest, plan.learned_grid[-1], plan.min_history_days) == (longest, grid_top, min_history)
+    assert plan.learned(settings.clv_horizon_days) == longest and plan.learned_on_grid(365) == grid_top
+    with pytest.raises(HistoryTooShort):  # nothing longer fits, whatever the history before the first fit
+        plan_windows(START, START + timedelta(days=days), longest + settings.step_days, replace(settings, min_history_days=56))
 
 
 def test_below_the_minimum_the_error_says_how_much_is_needed() -> None:
     with pytest.raises(HistoryTooShort, match="needs at least 146 days"):
-        plan_horizons(START, START + timedelta(days=140), model_horizons(ModelSettings()), ModelSettings())
+        plan_horizons(START, START + timedelta(days=140), ModelSettings())
