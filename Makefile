@@ -25,7 +25,7 @@ export FEAST_USAGE := False
 export PYTHONDONTWRITEBYTECODE :=
 export UV_LINK_MODE := copy
 
-.PHONY: help setup train data features serve test test-all test-services bench bench-train bench-serve report lint mlflow-ui feast-ui clean
+.PHONY: help setup train data features serve test test-all test-services bench bench-train bench-serve bench-short-history report lint mlflow-ui feast-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -73,6 +73,9 @@ bench-serve: setup ## Serving benchmark (/profile latency, throughput, in-proces
 
 bench-train: setup ## Training benchmark at 100k customers -> bench/train_results.json
 	$(RUN)/python -m bench.train --customers 100000 --out bench/train_results.json
+
+bench-short-history: setup ## Six months of real data (CDNOW): train + score against the year after -> bench/short_history_results.json
+	$(RUN)/python -m bench.short_history --out bench/short_history_results.json
 
 lint: setup ## Ruff lint
 	$(RUN)/ruff check .

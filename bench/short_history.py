@@ -1,0 +1,124 @@
+"""Short history on real data: `indicators train` on six months of CDNOW, scored against the year after.
+
+    python -m bench.short_history --out bench/short_history_results.json
+
+CDNOW (shipped in the ``lifetimes`` wheel, a dev dependency) to 1997-06-30 is 181 days of
+history, too short to learn a 90-day window, let alone 365: train learns 30 days and carries
+churn and expected purchases to 90 days and the CLV to 365 (``training.carry``). Its scores
+are compared on the 365 days after the cutoff with BG/NBD x Gamma-Gamma (PyMC-Marketing) and
+Pareto/NBD x Gamma-Gamma fitted on the same six months, and with ``indicators backtest``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from bench.train import machine
+from training import baselines
+from training.backtest import read_log, run_backtest
+from training.data.ingest import ImportOptions
+from training.evaluation import normalized_gini
+
+CUTOFF = "1997-06-30"
+COLUMNS = {"customer_id": "customer", "timestamp": "date", "amount": "dollars", "quantity": "cds"}
+
+
+def cdnow_master() -> pd.DataFrame:
+    spec = importlib.util.find_spec("lifetimes")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("the lifetimes wheel (a dev dependency: `make setup`) ships CDNOW; it is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "CDNOW_master.txt"
+    return pd.read_csv(path, sep=r"\s+", header=None, dtype=str, names=["customer", "date", "cds", "dollars"])
+
+
+def run(work: Path, trials: int) -> dict:
+    raw = cdnow_master()
+    full_csv, cut_csv, data = work / "cdnow.csv", work / "cdnow_to_cutoff.csv", work / "data"
+    raw.to_csv(full_csv, index=False)
+    raw[raw["date"] <= CUTOFF.replace("-", "")].to_csv(cut_csv, index=False)
+    mapping = [arg for canonical, source in COLUMNS.items() for arg in ("--column", f"{canonical}={source}")]
+    indicators = str(Path(sys.executable).with_name("indicators"))
+    commands = [
+        [indicators, "ingest", "--transactions", str(cut_csv), *mapping, "--data-dir", str(data), "--as-of", "2100-01-01"],
+        [indicators, "train", "--data-dir", str(data), "--trials", str(trials)],
+        [indicators, "score", "--data-dir", str(data)],
+    ]
+    started = time.perf_counter()
+    outputs = [subprocess.run(c, check=True, capture_output=True, text=True).stdout for c in commands]
+    seconds = time.perf_counter() - started
+
+    cutoff = pd.Timestamp(CUTOFF, tz="UTC") + pd.Timedelta(hours=23, minutes=59, seconds=59)
+    log, _ = read_log(full_csv, pd.Timestamp("2100-01-01", tz="UTC"), ImportOptions(columns=COLUMNS))
+    past = log[log["timestamp"] <= cutoff]
+    ids = pd.Series(sorted(past.loc[past["amount"] > 0, "customer_id"].unique()))
+
+    def after(days: int) -> tuple[np.ndarray, np.ndarray]:
+        window = log[(log["timestamp"] > cutoff) & (log["timestamp"] <= cutoff + pd.Timedelta(days=days))]
+        bought = window[window["amount"] > 0]
+        purchase_days = bought.assign(day=bought["timestamp"].dt.floor("D")).groupby("customer_id")["day"].nunique()
+        return ids.map(purchase_days).fillna(0).to_numpy(float), ids.map(window.groupby("customer_id")["amount"].sum()).fillna(0).to_numpy(float)
+
+    purchases_90, _ = after(90)
+    _, revenue_365 = after(365)
+
+    def scored(revenue: np.ndarray, purchases: np.ndarray, churn: np.ndarray) -> dict[str, float]:
+        return {
+            "revenue_365d_normalized_gini": normalized_gini(revenue_365, revenue),
+            "revenue_365d_total_error": float(revenue.sum() / revenue_365.sum() - 1),
+            "revenue_365d_rmse": float(np.sqrt(np.mean((revenue - revenue_365) ** 2))),
+            "purchases_90d_normalized_gini": normalized_gini(purchases_90, purchases),
+            "purchases_90d_total_error": float(purchases.sum() / purchases_90.sum() - 1),
+            "purchases_90d_mae": float(np.mean(np.abs(purchases - purchases_90))),
+            "churn_90d_auc": float(roc_auc_score(purchases_90 == 0, churn)),
+        }
+
+    def column(frame: pd.DataFrame, name: str) -> np.ndarray:
+        return ids.map(frame.set_index("customer_id")[name]).to_numpy(float)
+
+    scores = pd.read_parquet(data / "predictions" / "scores.parquet")
+    methods = {"indicators train (learnt 30 d, carried)": scored(
+        column(scores, "expected_revenue"), column(scores, "expected_purchases"), column(scores, "p_churn"))}
+    for name, predictions in (
+        ("BG/NBD x Gamma-Gamma (PyMC-Marketing)", baselines.btyd_predictions(past, cutoff.to_pydatetime(), (90,), 90, 365)),
+        ("Pareto/NBD x Gamma-Gamma", baselines.pareto_nbd_predictions(past, cutoff.to_pydatetime(), (90,), 90, 365)),
+    ):
+        methods[name] = scored(column(predictions, "expected_revenue"), column(predictions, "expected_purchases"),
+                               1 - column(predictions, "p_purchase_90d"))
+    long, _ = run_backtest(past, cutoff, 365)
+    short, _ = run_backtest(past, cutoff, 90)
+    methods["indicators backtest"] = scored(column(long, "expected_revenue"), column(short, "expected_purchases"), column(short, "p_churn"))
+    return {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "data": f"CDNOW master, {len(ids):,} customers who bought by {CUTOFF}; outcomes from the full log",
+        "train_and_score_seconds": round(seconds, 1),
+        "train_summary_horizons": [line for line in outputs[1].splitlines() if "carried" in line],
+        "methods": methods,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/short_history_results.json"))
+    parser.add_argument("--trials", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(Path(tmp), args.trials)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(pd.DataFrame(result["methods"]).T.round(4).to_string())
+
+
+if __name__ == "__main__":
+    main()
