@@ -56,7 +56,7 @@ def run(work: Path, trials: int) -> dict:
         [indicators, "score", "--data-dir", str(data)],
     ]
     started = time.perf_counter()
-    outputs = [subprocess.run(c, check=True, capture_output=True, text=True).stdout for c in commands]
+    outputs = [subprocess.run(c, check=True, capture_output=True, text=True).stderr for c in commands]  # rich writes to stderr
     seconds = time.perf_counter() - started
 
     cutoff = pd.Timestamp(CUTOFF, tz="UTC") + pd.Timedelta(hours=23, minutes=59, seconds=59)
