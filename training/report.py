@@ -78,6 +78,8 @@ def _page(config: Config, result, stamp: str, sections: list[str]) -> str:
                 **{f"{name}": value for name, value in r.baselines.items()},
                 "oracle": r.oracle,
                 "champion changed": f"yes (v{r.version})" if r.promoted else "no",
+                "gate": r.gate_note or "",
+                "horizons": r.horizons,
             }
             for r in result.reports
         ]
@@ -89,7 +91,9 @@ def _page(config: Config, result, stamp: str, sections: list[str]) -> str:
 <h1>Training run {html.escape(stamp)}</h1>
 <p>Data {start:%Y-%m-%d} to {end:%Y-%m-%d}. Every metric is on the last backtest window (time-based
 split: fit on earlier cutoffs, tune on the next, report on the last), next to the classical
-baselines (BG/NBD + Gamma-Gamma, RFM cells) and, on generated data, the oracle.</p>
+baselines (BG/NBD and Pareto/NBD + Gamma-Gamma, RFM cells) and, on generated data, the oracle.
+A horizon longer than the history holds is carried from the learned one ("horizons"); its metrics
+are the learned horizon's.</p>
 <h2>Summary</h2>
 {_table(summary)}
 {"".join(sections)}
