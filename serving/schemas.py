@@ -44,7 +44,8 @@ class LookalikeResponse(BaseModel):
 
     audience: list[AudienceMember] = Field(description="Non-seed customers, most similar first")
     audience_size: int
-    seed_size: int = Field(description="Seed ids with features")
+    seed_size: int = Field(description="Seed ids with features and profiling consent")
+    seed_ids_without_consent: int = Field(description="Seed ids left out: no profiling consent")
     heldout_seed_size: int = Field(description="Seed members left out of training to measure the audience")
     heldout_seed_found: int = Field(description="Of those, how many the audience holds")
     heldout_seed_recall: float
@@ -57,7 +58,9 @@ class LookalikeResponse(BaseModel):
         "the seed is overall; null without signal"
     )
     expected_precision_interval: tuple[float, float] | None = Field(description="95% interval; null without signal")
-    random_precision: float = Field(description="What a random audience gets: the seed's share of all customers")
+    random_precision: float = Field(
+        description="What a random audience gets: the seed's share of the customers who may be profiled"
+    )
     message: str
 
 

@@ -200,7 +200,9 @@ def balanced_groups(cost: dict[str, float], groups: int) -> list[list[str]]:
     return [names for _, names in sorted(bins, key=lambda b: -b[0]) if names]
 
 
-def lookalike_audience_response(population: pd.DataFrame, seeds: set[str], audience_percent: float) -> dict[str, Any]:
+def lookalike_audience_response(
+    population: pd.DataFrame, seeds: set[str], audience_percent: float, seed_ids_without_consent: int = 0
+) -> dict[str, Any]:
     """A lookalike model fitted on the request's seed, its audience and what held-out seed
     members say the audience is worth; a seed whose held-out members the audience does not find
     better than chance gets ``signal: false`` and no expected precision."""
@@ -217,6 +219,7 @@ def lookalike_audience_response(population: pd.DataFrame, seeds: set[str], audie
         "audience": [{"customer_id": str(ids[i]), "score": float(scores[i])} for i in order],
         "audience_size": size,
         "seed_size": len(seeds),
+        "seed_ids_without_consent": seed_ids_without_consent,
         "heldout_seed_size": int(report["heldout_seed_size"]),
         "heldout_seed_found": int(report["heldout_found"]),
         "heldout_seed_recall": float(report["heldout_seed_recall"]),

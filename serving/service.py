@@ -116,6 +116,8 @@ class CustomerIndicators:
         features = self._online([customer_id], _now(as_of))
         if features["signup_at"].isna().all():
             return {"customer_id": customer_id, "found": False}
+        if not may_score(features["profiling_consent"], self.unknown_consent).all():
+            return {"customer_id": customer_id, "found": True, "not_scored_without_consent": True}
         explanations = {}
         for indicator, (name, sign) in self.champions.explained.items():
             x, contributions = self.champions.models[name].explain(features)
@@ -128,12 +130,20 @@ class CustomerIndicators:
     @bentoml.api(route="/lookalike", input_spec=LookalikeRequest)
     def lookalike(self, seed_customer_ids: list[str], audience_percent: float) -> dict[str, Any]:
         """Non-seed customers ranked by similarity to the seed; the expected precision comes from
-        held-out seed members, and a seed they show no signal for gets none (``signal: false``)."""
-        population = self._latest_features()
-        seeds = set(seed_customer_ids) & set(population["customer_id"])
+        held-out seed members, and a seed they show no signal for gets none (``signal: false``).
+        Only customers who may be profiled take part: a seed id without consent is left out
+        (and counted), and the audience is drawn from consenting customers only."""
+        everyone = self._latest_features()
+        population = everyone[may_score(everyone["profiling_consent"], self.unknown_consent)].reset_index(drop=True)
+        asked = set(seed_customer_ids)
+        seeds = asked & set(population["customer_id"])
+        without_consent = len(asked & set(everyone["customer_id"])) - len(seeds)
         if len(seeds) < 10:
-            raise bentoml.exceptions.InvalidArgument(f"only {len(seeds)} seed ids have features; at least 10 are needed")
-        return lookalike_audience_response(population, seeds, audience_percent)
+            raise bentoml.exceptions.InvalidArgument(
+                f"only {len(seeds)} seed ids have features and profiling consent ({without_consent} left out for "
+                "consent); at least 10 are needed"
+            )
+        return lookalike_audience_response(population, seeds, audience_percent, seed_ids_without_consent=without_consent)
 
     def _latest_features(self) -> pd.DataFrame:
         if self._population is None:

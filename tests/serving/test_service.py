@@ -69,6 +69,10 @@ def test_explain_and_metadata(client, trained) -> None:
     body = client.post("/explain", json={"customer_id": customer}).json()
     assert body["found"] and len(body["explanations"]["p_churn"]["contributions"]) > 40
     assert client.post("/explain", json={"customer_id": "nobody"}).json() == {"customer_id": "nobody", "found": False}
+    [refused] = _ids(trained, False, 1)  # no SHAP values, no feature values of a customer who refused profiling
+    assert client.post("/explain", json={"customer_id": refused}).json() == {
+        "customer_id": refused, "found": True, "not_scored_without_consent": True,
+    }
     response = client.get("/metadata")
     assert response.status_code == 200, response.text
     meta = response.json()
@@ -89,14 +93,24 @@ def test_lookalike_ranks_non_seed_customers(client, trained) -> None:
     assert client.post("/lookalike", json={"seed_customer_ids": ["a"], "audience_percent": 5}).status_code == 400
 
 
+def test_lookalike_neither_learns_from_nor_returns_customers_without_consent(client, trained) -> None:
+    consenting, refused = _ids(trained, True, 40), _ids(trained, False, 20)
+    body = client.post("/lookalike", json={"seed_customer_ids": [*consenting, *refused], "audience_percent": 50}).json()
+    assert body["seed_size"] == 40 and body["seed_ids_without_consent"] == 20
+    everyone_refusing = set(_ids(trained, False, 10**6))
+    assert body["audience"] and not {a["customer_id"] for a in body["audience"]} & everyone_refusing
+    response = client.post("/lookalike", json={"seed_customer_ids": [*consenting[:5], *refused], "audience_percent": 5})
+    assert response.status_code == 400 and "20 left out for consent" in response.text
+
+
 def test_a_random_seed_gets_no_signal_and_no_confident_precision(client, trained) -> None:
     """The first 60 consenting customers are a random seed: the old route answered an expected
     precision of 1.0 from clipped scores, every score 1.0, with a held-out recall of 0."""
     body = client.post("/lookalike", json={"seed_customer_ids": _ids(trained, True, 60), "audience_percent": 5}).json()
     assert body["signal"] is False and body["expected_precision"] is None and body["expected_precision_interval"] is None
     assert body["message"].startswith("No signal") and body["p_value"] >= 0.01
-    customers = len(pd.read_parquet(trained[0].paths.features / "customer_profile.parquet", columns=["customer_id"]))
-    assert body["random_precision"] == pytest.approx(60 / customers)
+    profile = pd.read_parquet(trained[0].paths.features / "customer_profile.parquet", columns=["profiling_consent"])
+    assert body["random_precision"] == pytest.approx(60 / int(profile["profiling_consent"].eq(True).sum()))
     scores = [a["score"] for a in body["audience"]]
     assert max(scores) < 1.0
 
