@@ -140,6 +140,7 @@ class Config:
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
     mlflow_dir: Path | None = None  # default: the store the data directory owns (owned_mlflow_dir)
     tracking_uri: str | None = None  # default: sqlite:///<mlflow store>/mlflow.db
+    artifact_root: str | None = None  # where MLflow experiments keep artifacts (default: <mlflow store>/artifacts)
     snapshots: SnapshotPlan = field(default_factory=SnapshotPlan)
     feast: FeastSettings = field(default_factory=FeastSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
@@ -159,9 +160,30 @@ class Config:
     def mlflow_artifacts(self) -> Path:
         return self.mlflow_store / "artifacts"
 
+    def artifact_location(self, experiment: str) -> str:
+        """The artifact location of a new MLflow experiment: below ``artifact_root`` (any URI
+        MLflow takes: a path, s3://, ...) when one is set, else in the local MLflow store."""
+        if self.artifact_root:
+            return f"{self.artifact_root.rstrip('/')}/{experiment}"
+        return (self.mlflow_artifacts / experiment).as_uri()
+
     @property
     def paths(self) -> Paths:
         return Paths(Path(self.data_dir).resolve())
+
+
+PROFILES = ("embedded", "production")
+# What the production profile reads from the environment (never from a committed file: these
+# hold hosts and passwords). Required ones first.
+PRODUCTION_ENV = {
+    "INDICATORS_REDIS": "the Redis online store, as Feast takes it: host:port[,password=...,ssl=true]",
+    "INDICATORS_FEAST_REGISTRY": "the Feast registry, a SQLAlchemy URL (postgresql+psycopg://user:pass@host/db)",
+    "INDICATORS_MLFLOW_TRACKING_URI": "MLflow tracking and registry (postgresql+psycopg://user:pass@host/db)",
+}
+PRODUCTION_OPTIONAL_ENV = {
+    "INDICATORS_MLFLOW_ARTIFACTS": "where MLflow keeps artifacts (a path or s3://...; default <mlflow dir>/artifacts)",
+    "INDICATORS_FEAST_PROJECT": "the Feast project, so data sets can share one Redis and registry (default customer_indicators)",
+}
 
 
 def config_from_env(
@@ -175,15 +197,43 @@ def config_from_env(
     ``data_dir`` / ``mlflow_dir`` (command-line options) win over ``INDICATORS_DATA_DIR`` /
     ``INDICATORS_MLFLOW_DIR``; without either, the data directory is ``data/`` and the MLflow
     store the one it owns (``owned_mlflow_dir``). ``INDICATORS_UNKNOWN_CONSENT`` sets the
-    consent policy. ``settings`` are further ``Config`` fields (tracking_uri, models, ...).
+    consent policy. ``INDICATORS_PROFILE`` picks the stores: ``embedded`` (the default: SQLite
+    online store, file registry, SQLite MLflow) or ``production`` (Redis, Feast registry and
+    MLflow in PostgreSQL, from ``PRODUCTION_ENV``). ``settings`` are further ``Config`` fields.
     """
     env = os.environ if environ is None else environ
     data = data_dir if data_dir is not None else Path(env.get("INDICATORS_DATA_DIR") or DEFAULT_DATA_DIR)
     mlflow_store = mlflow_dir if mlflow_dir is not None else env.get("INDICATORS_MLFLOW_DIR") or None
     scoring = ScoringSettings(unknown_consent=(env.get("INDICATORS_UNKNOWN_CONSENT") or "score").strip().lower())
-    return Config(
-        data_dir=Path(data), mlflow_dir=Path(mlflow_store) if mlflow_store else None, **{"scoring": scoring, **settings}
+    given = {key: value for key, value in settings.items() if value is not None}  # None: not given
+    profile = {"scoring": scoring, **_profile_settings(env), **given}
+    return Config(data_dir=Path(data), mlflow_dir=Path(mlflow_store) if mlflow_store else None, **profile)
+
+
+def _profile_settings(env: Any) -> dict[str, Any]:
+    """The ``Config`` fields of the profile ``INDICATORS_PROFILE`` names."""
+    profile = (env.get("INDICATORS_PROFILE") or "embedded").strip().lower()
+    if profile not in PROFILES:
+        raise ConfigError(f"INDICATORS_PROFILE must be one of {PROFILES}, got {profile!r}")
+    if profile == "embedded":
+        return {}
+    missing = [name for name in PRODUCTION_ENV if not env.get(name)]
+    if missing:
+        raise ConfigError(
+            "the production profile needs " + "; ".join(f"{name} ({PRODUCTION_ENV[name]})" for name in missing)
+        )
+    feast = FeastSettings(
+        project=env.get("INDICATORS_FEAST_PROJECT") or FeastSettings.project,
+        online_store="redis",
+        redis_connection=env["INDICATORS_REDIS"],
+        registry="sql",
+        registry_path=env["INDICATORS_FEAST_REGISTRY"],
     )
+    return {
+        "feast": feast,
+        "tracking_uri": env["INDICATORS_MLFLOW_TRACKING_URI"],
+        "artifact_root": env.get("INDICATORS_MLFLOW_ARTIFACTS") or None,
+    }
 
 
 def as_utc(moment: datetime | date) -> datetime:

@@ -44,8 +44,7 @@ def experiment(client: MlflowClient, config: Config, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = (config.mlflow_artifacts / name).as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=config.artifact_location(name))
 
 
 class IndicatorModel(mlflow.pyfunc.PythonModel):
