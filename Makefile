@@ -25,7 +25,7 @@ export FEAST_USAGE := False
 export PYTHONDONTWRITEBYTECODE :=
 export UV_LINK_MODE := copy
 
-.PHONY: help setup train data features serve test test-all test-services bench bench-train bench-serve bench-short-history report lint mlflow-ui feast-ui clean
+.PHONY: help setup train data features serve test test-all test-services bench bench-train bench-serve bench-short-history bento report lint mlflow-ui feast-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,6 +53,11 @@ train: data ## The main job: data if none, features, tuned models, backtest, reg
 
 serve: setup ## Serve the endpoint on 127.0.0.1:$(PORT) (after make train)
 	INDICATORS_DATA_DIR=$(DATA) INDICATORS_MLFLOW_DIR=$(MLFLOW_DIR) $(RUN)/bentoml serve serving.service:CustomerIndicators --host 127.0.0.1 --port $(PORT)
+
+bento: setup ## Build the endpoint into a Bento, offline (pinned requirements exported from uv.lock)
+	@mkdir -p build
+	$(UV) export --frozen --no-dev --no-hashes --no-emit-project --quiet -o build/requirements.txt
+	PATH="$(abspath $(TOOLS))/bin:$$PATH" UV_OFFLINE=1 $(RUN)/bentoml build .
 
 test: setup ## Run the fast test suite (what CI runs)
 	$(RUN)/pytest -q

@@ -32,8 +32,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(config: Config, port: int | None = None, ready_timeout: float = 120.0) -> Iterator[str]:
-    """Yield the base URL of a ready ``bentoml serve`` for ``config``'s data and registry."""
+def running_server(
+    config: Config,
+    port: int | None = None,
+    ready_timeout: float = 120.0,
+    target: str = "serving.service:CustomerIndicators",
+    cwd: Path = PROJECT_ROOT,
+) -> Iterator[str]:
+    """Yield the base URL of a ready ``bentoml serve`` for ``config``'s data and registry.
+    ``target`` is the service in this checkout, or a built Bento's tag (run from ``cwd``)."""
     port = port or free_port()
     env = {
         **os.environ,
@@ -43,10 +50,10 @@ def running_server(config: Config, port: int | None = None, ready_timeout: float
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
     bentoml = Path(sys.executable).with_name("bentoml")
-    command = [str(bentoml), "serve", "serving.service:CustomerIndicators", "--host", "127.0.0.1", "--port", str(port)]
+    command = [str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     # The server's log goes to a file: an unread pipe fills up (64 KiB) and blocks the server.
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + ready_timeout
