@@ -129,13 +129,11 @@ class BtydOnFeatures:
 
 @dataclass
 class TimingOnFeatures(BtydOnFeatures):
-    """Purchase timing on the grid ``horizons``: every indicator is read off ``curve``."""
+    """Purchase timing on the grid ``horizons``: every indicator is read off ``self.curve(matrix)``,
+    P(purchase within h) per horizon, which each subclass defines (carried, or classical)."""
 
     horizons: tuple[int, ...] = ()
     churn_horizon: int = 90
-
-    def curve(self, matrix: np.ndarray) -> np.ndarray:
-        raise NotImplementedError  # each kind of timing model says how it reads the curve
 
     def purchase_curve(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
         curve = self.curve(self.encoder_.matrix(features) if matrix is None else matrix)
