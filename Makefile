@@ -51,7 +51,8 @@ features: data ## Build feature snapshots, apply the Feast repo, write latest va
 train: data ## The main job: data if none, features, tuned models, backtest, registry, summary
 	$(RUN)/indicators train --data-dir $(DATA) --mlflow-dir $(MLFLOW_DIR) --trials $(TRIALS) --seed $(SEED)
 
-serve: setup ## Serve the endpoint on 127.0.0.1:$(PORT) (after make train)
+serve: setup ## Serve the endpoint on 127.0.0.1:$(PORT) (after make train); the first run prints a local API key
+	@$(RUN)/indicators api-key local --port $(PORT) --data-dir $(DATA)
 	INDICATORS_DATA_DIR=$(DATA) INDICATORS_MLFLOW_DIR=$(MLFLOW_DIR) $(RUN)/bentoml serve serving.service:CustomerIndicators --host 127.0.0.1 --port $(PORT)
 
 bento: setup ## Build the endpoint into a Bento, offline (pinned requirements exported from uv.lock)

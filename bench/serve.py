@@ -18,6 +18,7 @@ import argparse
 import gc
 import json
 import os
+import secrets
 import threading
 import time
 from datetime import UTC, date, datetime
@@ -69,8 +70,9 @@ def floor(config: Config, ids: list[str], calls: int) -> dict:
 
 def over_http(config: Config, ids: list[str], calls: int, seconds: float, clients: tuple[int, ...]) -> dict:
     result: dict = {}
-    with running_server(config) as url:
-        with httpx.Client(base_url=url, timeout=60) as http:
+    key = secrets.token_urlsafe(32)  # accepted by this server only, with every scope
+    with running_server(config, api_key=key) as url:
+        with httpx.Client(base_url=url, timeout=60, headers=bearer(key)) as http:
             # Unknown customers are answered quickly: a store without features would be timed as fast.
             body = http.post("/profile", json={"customer_ids": ids[:100]}).raise_for_status().json()
             if len(body["profiles"]) + len(body["not_scored_without_consent"]) < 50:
@@ -85,11 +87,15 @@ def over_http(config: Config, ids: list[str], calls: int, seconds: float, client
                 result[f"profile_{size}_reasons_{reasons}"] = latency(post, work, WARMUP)
         for reasons in (3, 0):
             for count in clients:
-                result[f"throughput_{count}_clients_batch_100_reasons_{reasons}"] = throughput(url, ids, count, seconds, reasons)
+                result[f"throughput_{count}_clients_batch_100_reasons_{reasons}"] = throughput(url, key, ids, count, seconds, reasons)
     return result
 
 
-def throughput(url: str, ids: list[str], clients: int, seconds: float, reasons: int) -> dict:
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def throughput(url: str, key: str, ids: list[str], clients: int, seconds: float, reasons: int) -> dict:
     """``clients`` threads post batches of 100 for ``seconds``; customers answered per second."""
     done = [0] * clients
     errors = [0] * clients
@@ -97,7 +103,7 @@ def throughput(url: str, ids: list[str], clients: int, seconds: float, reasons: 
 
     def client(k: int) -> None:
         work = batches(ids, 100, 200, seed=1000 + k)
-        with httpx.Client(base_url=url, timeout=120) as http:
+        with httpx.Client(base_url=url, timeout=120, headers=bearer(key)) as http:
             i = 0
             while time.monotonic() < stop:
                 response = http.post("/profile", json={"customer_ids": work[i % len(work)], "reasons": reasons})

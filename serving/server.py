@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from serving.access import ENV_KEY
 from training.config import PROJECT_ROOT, Config
 
 
@@ -38,9 +39,12 @@ def running_server(
     ready_timeout: float = 120.0,
     target: str = "serving.service:CustomerIndicators",
     cwd: Path = PROJECT_ROOT,
+    api_key: str | None = None,
+    log_path: Path | None = None,
 ) -> Iterator[str]:
     """Yield the base URL of a ready ``bentoml serve`` for ``config``'s data and registry.
-    ``target`` is the service in this checkout, or a built Bento's tag (run from ``cwd``)."""
+    ``target`` is the service in this checkout, or a built Bento's tag (run from ``cwd``);
+    ``api_key`` is accepted by the server with every scope; its log goes to ``log_path``."""
     port = port or free_port()
     env = {
         **os.environ,
@@ -48,11 +52,12 @@ def running_server(
         "INDICATORS_MLFLOW_DIR": str(config.mlflow_store),
         "BENTOML_DO_NOT_TRACK": "True",
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        **({ENV_KEY: api_key} if api_key else {}),
     }
     bentoml = Path(sys.executable).with_name("bentoml")
     command = [str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     # The server's log goes to a file: an unread pipe fills up (64 KiB) and blocks the server.
-    with tempfile.TemporaryFile() as log:
+    with open(log_path, "w+b") if log_path else tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:

@@ -1,7 +1,8 @@
 """The BentoML endpoint: indicators, reasons and provenance for customer profiles.
 
-Start with ``make serve`` (after ``make train``). Configuration comes from the environment:
-``INDICATORS_DATA_DIR`` (default ``data/``) and ``INDICATORS_MLFLOW_DIR`` (default ``mlflow/``).
+Start with ``make serve`` (after ``make train``). Configuration comes from the environment
+(``training.config.config_from_env``). Every route but health and readiness needs an API key
+(``serving.access``).
 The service loads the ``champion`` of every model and checks the online store at start, and
 refuses to start with a clear message when either is missing.
 """
@@ -17,6 +18,7 @@ import pandas as pd
 from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI
 
+from serving.access import ApiKeyMiddleware
 from serving.consent import may_score, policy_for
 from serving.schemas import ExplainRequest, LookalikeRequest, ProfileRequest, ScoreRequest
 from serving.scoring import Champions, lookalike_audience_response, value_tiers_of
@@ -58,6 +60,7 @@ class CustomerIndicators:
         # One read at start: a store without the views' tables fails here, with what to run.
         self.reader.read(["startup-probe"], datetime.now(UTC))
         self._population: pd.DataFrame | None = None
+        self._population_stamp: int | None = None
         self._set_value_tiers()
         # What was loaded lives as long as the service: out of the collector's sight, a full
         # collection no longer walks the models and the registry in the middle of a request.
@@ -146,7 +149,11 @@ class CustomerIndicators:
         return lookalike_audience_response(population, seeds, audience_percent, seed_ids_without_consent=without_consent)
 
     def _latest_features(self) -> pd.DataFrame:
-        if self._population is None:
+        """Every customer's latest features (the lookalike population), read again after an erasure."""
+        erasures = self.config.paths.suppression
+        stamp = erasures.stat().st_mtime_ns if erasures.exists() else None
+        if self._population is None or stamp != self._population_stamp:
+            self._population_stamp = stamp
             paths = self.config.paths
             ids = pd.read_parquet(paths.features / "customer_profile.parquet", columns=["customer_id"])["customer_id"]
             rows = pd.DataFrame({"customer_id": ids.sort_values().to_numpy(), "cutoff": pd.Timestamp(data_end(paths))})
@@ -163,3 +170,6 @@ class CustomerIndicators:
             "tracking_uri": self.config.mlflow_tracking_uri,
             "segments": {"value_tiers": self.champions.value_tiers, "churn_bands": "low < 0.3 <= medium < 0.6 <= high"},
         }
+
+
+CustomerIndicators.add_asgi_middleware(ApiKeyMiddleware)

@@ -59,6 +59,9 @@ def feature_world(generated_dir: Path) -> FeatureWorld:
 
 
 TRAINED_CUSTOMERS = 1_500
+# The servers the tests start accept this key with every scope (INDICATORS_API_KEY).
+API_KEY = "tests-only-key-not-for-production"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 # The trained world comes in as a shop's export would: invoice lines in a CSV with its own

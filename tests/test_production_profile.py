@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import POSTGRES_URL, REDIS, _reachable
+from tests.conftest import API_KEY, AUTH, POSTGRES_URL, REDIS, _reachable
 from training.cli import app
 from training.config import ConfigError, config_from_env
 
@@ -40,6 +40,30 @@ def test_the_profile_comes_from_the_environment_and_names_what_is_missing() -> N
         config_from_env(environ={"INDICATORS_PROFILE": "production", "INDICATORS_FEAST_REGISTRY": "postgresql://x"})
     with pytest.raises(ConfigError, match="embedded"):
         config_from_env(environ={"INDICATORS_PROFILE": "cloud"})
+
+
+def test_a_settings_file_chooses_the_profile_and_may_not_hold_a_password(tmp_path: Path) -> None:
+    settings = tmp_path / "production.yaml"
+    settings.write_text(
+        "INDICATORS_PROFILE: production\n"
+        "INDICATORS_FEAST_REGISTRY: postgresql+psycopg://feast@db/feast\n"
+        "INDICATORS_MLFLOW_TRACKING_URI: postgresql+psycopg://mlflow@db/mlflow\n"
+        "INDICATORS_FEAST_PROJECT: shop\n"
+    )
+    environ = {"INDICATORS_SETTINGS": str(settings), "INDICATORS_REDIS": "redis.internal:6379,password=secret"}
+    config = config_from_env(environ=environ)
+    assert (config.feast.online_store, config.feast.project, config.feast.redis_connection) == (
+        "redis", "shop", "redis.internal:6379,password=secret",
+    )
+    assert config_from_env(environ={**environ, "INDICATORS_FEAST_PROJECT": "other"}).feast.project == "other"  # env wins
+    for line, match in (
+        ("INDICATORS_MLFLOW_TRACKING_URI: postgresql+psycopg://mlflow:hunter2@db/mlflow", "holds a password"),
+        ("INDICATORS_REDIS: redis.internal:6379,password=hunter2", "holds a password"),
+        ("INDICATORS_REDIS_PASSWORD: x", "unknown setting"),
+    ):
+        settings.write_text(line + "\n")
+        with pytest.raises(ConfigError, match=match):
+            config_from_env(environ={"INDICATORS_SETTINGS": str(settings)})
 
 
 @pytest.fixture()
@@ -116,12 +140,25 @@ def test_ingest_train_score_serve_on_the_production_profile(production_env, tmp_
     customers = scores.index[:5].tolist()
     answers = []
     try:
-        with running_server(config) as first, running_server(config) as second:  # two processes, one Redis
+        with running_server(config, api_key=API_KEY) as first, running_server(config, api_key=API_KEY) as second:  # two processes, one Redis
             for url in (first, second):
-                response = httpx.post(f"{url}/profile", json={"customer_ids": customers, "as_of": "2026-10-31T00:00:00Z"}, timeout=60)
+                response = httpx.post(f"{url}/profile", json={"customer_ids": customers, "as_of": "2026-10-31T00:00:00Z"}, headers=AUTH, timeout=60)
                 assert response.status_code == 200, response.text
                 answers.append(response.json()["profiles"])
     except ServerFailed as error:
         pytest.fail(str(error))
     assert [p["customer_id"] for p in answers[0]] == customers
     assert answers[0] == answers[1]
+
+    # Erasure reaches Redis: the customer's hash is gone, and a scan of Redis finds no trace.
+    from training.data.erasure import find_traces, roots_of
+    from training.features import store as feature_store
+
+    victim = customers[0]
+    online = feature_store.feature_store(config)
+    assert find_traces([], [victim], online)  # the scan does look into Redis
+    result = runner.invoke(app, ["erase", "--customer-id", victim])
+    assert result.exit_code == 0, result.output
+    assert "verified: no trace" in result.output
+    assert find_traces(roots_of(config), [victim], online) == []
+    assert find_traces([], [customers[1]], online)  # only the erased customer went

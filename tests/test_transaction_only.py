@@ -101,14 +101,15 @@ def test_the_endpoint_serves_a_bare_log(bare) -> None:
     import httpx
 
     from serving.server import ServerFailed, running_server
+    from tests.conftest import API_KEY, AUTH
     from training.config import config_from_env
 
     scores = pd.read_parquet(bare["data"] / "predictions" / "scores.parquet").set_index("customer_id")
     customer = scores.index[0]
     try:
-        with running_server(config_from_env(bare["data"], environ={})) as url:
-            response = httpx.post(f"{url}/profile", json={"customer_ids": [customer]}, timeout=60)
-            metadata = httpx.get(f"{url}/metadata", timeout=60).json()
+        with running_server(config_from_env(bare["data"], environ={}), api_key=API_KEY) as url:
+            response = httpx.post(f"{url}/profile", json={"customer_ids": [customer]}, headers=AUTH, timeout=60)
+            metadata = httpx.get(f"{url}/metadata", headers=AUTH, timeout=60).json()
     except ServerFailed as error:
         pytest.fail(str(error))
     assert response.status_code == 200, response.text

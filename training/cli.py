@@ -195,7 +195,7 @@ def ingest(
     except IngestError as error:
         _fail(f"{error}. Nothing was written.")
     table = Table(title="import summary")
-    for header in ("table", "read", "added", "already present", "quarantined"):
+    for header in ("table", "read", "added", "already present", "quarantined", "erased (suppressed)"):
         table.add_column(header)
     for report in reports:
         table.add_row(
@@ -204,6 +204,7 @@ def ingest(
             f"{report.rows_added:,}",
             f"{report.rows_already_present:,}",
             f"{report.rows_quarantined:,}",
+            f"{report.rows_suppressed:,}",
         )
     console.print(table)
     for report in reports:
@@ -436,6 +437,111 @@ def report(
     console.print(
         f"[dim]{len(runs)} report(s) in {latest.parent}; newest {runs[-1].name if runs else '-'}; "
         f"also logged to MLflow (experiment 'training_reports', `make mlflow-ui`)[/]"
+    )
+
+@app.command()
+def erase(
+    customer_id: Annotated[list[str] | None, typer.Option("--customer-id", help="A customer to erase (repeatable).")] = None,
+    ids: Annotated[Path | None, typer.Option("--ids", help="A file of customer ids, one per line.")] = None,
+    data_dir: DataDir = None,
+    mlflow_dir: MlflowDir = None,
+) -> None:
+    """Erase customers from every store, suppress them in later imports, verify and audit."""
+    from training.data.erasure import ErasureError, read_ids_file
+    from training.data.erasure import erase as run_erase
+
+    wanted = list(customer_id or [])
+    if ids is not None:
+        if not ids.exists():
+            _fail(f"ids file not found: {ids}")
+        wanted += read_ids_file(ids)
+    config = _config(data_dir, mlflow_dir)
+    try:
+        report = run_erase(config, wanted)
+    except ErasureError as error:
+        _fail(str(error))
+    rows = sum(report.rows_removed.values())
+    console.print(
+        f"{report.customers:,} customer(s) erased: {rows:,} rows removed from {len(report.rows_removed)} file(s), "
+        f"{report.online_rows_deleted:,} online rows deleted; suppressed in later imports; audit -> {report.audit_file}"
+    )
+    for path, count in report.rows_removed.items():
+        console.print(f"  {count:,} rows  {path}", soft_wrap=True)
+    if not report.complete:
+        for trace in report.traces:
+            console.print(f"  [bold red]still found[/] {trace.occurrences:,}x in {trace.location}", soft_wrap=True)
+        _fail("erasure incomplete: the files above still hold an erased id (remove them by hand, then run erase again)")
+    console.print("verified: no trace of the erased ids in the data directory, the MLflow store or the online store")
+
+
+api_key_app = typer.Typer(help="API keys of the endpoint: create (shown once), list, revoke.", no_args_is_help=True)
+app.add_typer(api_key_app, name="api-key")
+
+
+def _key_store(data_dir: Path | None):
+    from serving.access import KeyStore
+
+    return KeyStore(_config(data_dir).paths.api_keys)
+
+
+@api_key_app.command("create")
+def api_key_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for (shown by `list`).")],
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", help="profiles:read (default), events:write or admin; repeat for several."),
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a key and print it once: only its hash is stored."""
+    from serving.access import AccessError
+
+    try:
+        key, record = _key_store(data_dir).create(name, scope or ["profiles:read"])
+    except AccessError as error:
+        _fail(str(error))
+    typer.echo(key)
+    console.print(f"[dim]key {record.key_id} ({name}, scopes {', '.join(record.scopes)}): shown once, store it now[/]")
+
+
+@api_key_app.command("list")
+def api_key_list(data_dir: DataDir = None) -> None:
+    """Every key's id, name, scopes and dates (never the key)."""
+    keys = _key_store(data_dir).keys().values()
+    table = Table("id", "name", "scopes", "created", "revoked")
+    for key in keys:
+        table.add_row(key.key_id, key.name, ", ".join(key.scopes), key.created_at, key.revoked_at or "")
+    Console(width=150).print(table) if keys else console.print("no API keys: `indicators api-key create --name NAME`")
+
+
+@api_key_app.command("revoke")
+def api_key_revoke(key_id: Annotated[str, typer.Argument(help="The id `list` shows.")], data_dir: DataDir = None) -> None:
+    """Revoke a key: the next request with it gets 401 (running servers included)."""
+    from serving.access import AccessError
+
+    try:
+        record = _key_store(data_dir).revoke(key_id)
+    except AccessError as error:
+        _fail(str(error))
+    console.print(f"key {record.key_id} ({record.name}) revoked at {record.revoked_at}")
+
+
+@api_key_app.command("local")
+def api_key_local(port: Annotated[int, typer.Option(help="The port `make serve` listens on.")] = 3000, data_dir: DataDir = None) -> None:
+    """What `make serve` runs: create the key named 'local' on first use and print a curl line with it."""
+    store = _key_store(data_dir)
+    existing = [k for k in store.keys().values() if k.name == "local" and k.active]
+    if existing:
+        console.print(
+            f"[dim]local API key {existing[0].key_id} exists (created {existing[0].created_at}; shown only then). "
+            "A new one: `indicators api-key create --name NAME`[/]"
+        )
+        return
+    key, record = store.create("local", ["profiles:read"])
+    console.print(f"local API key {record.key_id} (profiles:read) created; it is shown once, in this curl line:")
+    typer.echo(
+        f"curl -s -X POST http://127.0.0.1:{port}/profile -H 'Authorization: Bearer {key}' "
+        """-H 'Content-Type: application/json' -d '{"customer_ids": ["C00000001"]}'"""
     )
 
 

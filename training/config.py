@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -49,6 +50,20 @@ class Paths:
     @property
     def predictions(self) -> Path:
         return self.data_dir / "predictions"
+
+    @property
+    def access(self) -> Path:
+        """API keys, the erasure suppression list and its audit log (never customer ids in clear)."""
+        return self.data_dir / "access"
+
+    @property
+    def api_keys(self) -> Path:
+        return self.access / "api_keys.json"
+
+    @property
+    def suppression(self) -> Path:
+        """Keyed hashes of erased customers (``training.data.erasure``)."""
+        return self.access / "suppression.json"
 
     def raw_table(self, name: str) -> Path:
         return self.raw / f"{name}.parquet"
@@ -200,14 +215,41 @@ def config_from_env(
     consent policy. ``INDICATORS_PROFILE`` picks the stores: ``embedded`` (the default: SQLite
     online store, file registry, SQLite MLflow) or ``production`` (Redis, Feast registry and
     MLflow in PostgreSQL, from ``PRODUCTION_ENV``). ``settings`` are further ``Config`` fields.
+    The same variables may come from a settings file (``INDICATORS_SETTINGS``), the
+    environment winning over it.
     """
-    env = os.environ if environ is None else environ
+    env = _with_settings_file(os.environ if environ is None else environ)
     data = data_dir if data_dir is not None else Path(env.get("INDICATORS_DATA_DIR") or DEFAULT_DATA_DIR)
     mlflow_store = mlflow_dir if mlflow_dir is not None else env.get("INDICATORS_MLFLOW_DIR") or None
     scoring = ScoringSettings(unknown_consent=(env.get("INDICATORS_UNKNOWN_CONSENT") or "score").strip().lower())
     given = {key: value for key, value in settings.items() if value is not None}  # None: not given
     profile = {"scoring": scoring, **_profile_settings(env), **given}
     return Config(data_dir=Path(data), mlflow_dir=Path(mlflow_store) if mlflow_store else None, **profile)
+
+
+SETTINGS_FILE_ENV = "INDICATORS_SETTINGS"
+SETTINGS_KEYS = (
+    "INDICATORS_PROFILE", "INDICATORS_DATA_DIR", "INDICATORS_MLFLOW_DIR", "INDICATORS_UNKNOWN_CONSENT",
+    *PRODUCTION_ENV, *PRODUCTION_OPTIONAL_ENV,
+)
+
+
+def _with_settings_file(env: Any) -> Any:
+    """``env`` over the YAML mapping of ``SETTINGS_KEYS`` in the file ``INDICATORS_SETTINGS``
+    names. A file may be committed, so it may not hold a password: those come from the
+    environment only (a URL's ``user:password@``, Redis's ``password=``; or libpq's PGPASSWORD)."""
+    path = env.get(SETTINGS_FILE_ENV)
+    if not path:
+        return env
+    loaded = load_experiment(Path(path))  # a YAML mapping, its absence named
+    unknown = sorted(set(loaded) - set(SETTINGS_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {unknown}; known: {list(SETTINGS_KEYS)}")
+    for key, value in loaded.items():
+        text = str(value)
+        if "password=" in text.lower() or ("://" in text and urlsplit(text).password):
+            raise ConfigError(f"{path}: {key} holds a password; passwords come from the environment only (set {key} there)")
+    return {**{key: str(value) for key, value in loaded.items()}, **env}
 
 
 def _profile_settings(env: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import lightgbm as lgb
@@ -378,9 +378,10 @@ class LookalikeModel:
         matrix = self.encoder_.matrix(features)
         return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
 
-    def audience_report(self, features: pd.DataFrame, percents: tuple[float, ...]) -> pd.DataFrame:
-        """Held-out seed recall, its significance, lift and expected precision for the top p% non-seed."""
-        return lookalike_audience(self, features, percents)
+    def audience_report(self, features: pd.DataFrame, percents: tuple[float, ...], split: Split | None = None) -> pd.DataFrame:
+        """Held-out seed recall, its significance, lift and expected precision for the top p% non-seed
+        (the held-out members of ``split``, the fit's own by default)."""
+        return lookalike_audience(self, features, percents, split)
 
     def horizons_note(self) -> str:
         return "no horizon: ranks customers by their features when scored"
@@ -438,9 +439,9 @@ class ActivityLookalikeModel:
         matrix = self.encoder_.matrix(features)
         return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
 
-    def audience_report(self, features: pd.DataFrame, percents: tuple[float, ...]) -> pd.DataFrame:
+    def audience_report(self, features: pd.DataFrame, percents: tuple[float, ...], split: Split | None = None) -> pd.DataFrame:
         """The same measurements as ``LookalikeModel.audience_report``, on the same held-out members."""
-        return lookalike_audience(self, features, percents)
+        return lookalike_audience(self, features, percents, split)
 
     def horizons_note(self) -> str:
         return "no horizon: ranks customers by their recent activity when scored"
@@ -578,13 +579,30 @@ def audience_table(similarity: np.ndarray, heldout: np.ndarray, seed_share: floa
     return pd.DataFrame(rows)
 
 
-def lookalike_audience(model: Any, features: pd.DataFrame, percents: tuple[float, ...]) -> pd.DataFrame:
-    """``audience_table`` for a fitted lookalike: its candidates, held-out members and seed share."""
+# A seed's split: the members trained on and the held-out members that measure audiences.
+Split = tuple[list[str], list[str]]
+
+
+def lookalike_audience(model: Any, features: pd.DataFrame, percents: tuple[float, ...], split: Split | None = None) -> pd.DataFrame:
+    """``audience_table`` for a fitted lookalike: its candidates, held-out members and seed share.
+    ``split`` defaults to the model's own; a registered model keeps none (``without_customer_ids``)
+    and is measured on a new fit's split (its held-out members are drawn by the same rule)."""
+    seed_ids, heldout_ids = split or (model.seed_ids_, model.heldout_ids_)
+    if not heldout_ids:
+        raise ValueError(f"lookalike '{model.name}' has no held-out seed members to measure with: pass a split")
     ids = features["customer_id"].astype(str).to_numpy()
-    candidates = ~is_member(ids, model.seed_ids_)
-    seed_share = float(is_member(ids, [*model.seed_ids_, *model.heldout_ids_]).mean())
+    candidates = ~is_member(ids, seed_ids)
+    seed_share = float(is_member(ids, [*seed_ids, *heldout_ids]).mean())
     similarity = model.similarity(features)[candidates]
-    return audience_table(similarity, is_member(ids[candidates], model.heldout_ids_), seed_share, percents)
+    return audience_table(similarity, is_member(ids[candidates], heldout_ids), seed_share, percents)
+
+
+def without_customer_ids(model: Any) -> Any:
+    """What the registry keeps of a fitted model: a lookalike's seed split (customer ids, used
+    only to measure it while training) is left out, so no registered model holds an id."""
+    if isinstance(model, LookalikeModel | ActivityLookalikeModel):
+        return replace(model, seed_ids_=[], heldout_ids_=[])
+    return model
 
 
 def is_member(ids: np.ndarray, members) -> np.ndarray:

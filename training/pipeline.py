@@ -622,8 +622,8 @@ def train_lookalikes(config: Config, data: ModelingData, client, on_step: Step) 
         candidates = latest[~latest["customer_id"].isin(model.seed_ids_)].reset_index(drop=True)
         population = f"{len(seed_ids):,} seed customers; ranked: everyone else with features at {data.data_end:%Y-%m-%d}"
 
-        def champion_value(champion: Any) -> float:
-            table = champion.audience_report(latest, (headline_percent,))
+        def champion_value(champion: Any, split=(model.seed_ids_, model.heldout_ids_)) -> float:
+            table = champion.audience_report(latest, (headline_percent,), split=split)
             return float(table["heldout_seed_recall"].iloc[0])
 
         with mlflow.start_run(run_name=name, nested=True):
@@ -802,7 +802,7 @@ def _log_run(
             title, _, rest = card.partition("\n")
             card = f"{title}\n\n{card_note}\n{rest}"
         mlflow.log_text(card, "model_card.md")
-    example = _pyfunc_example(model, test.head(5))
+    example = _pyfunc_example(model, test.head(500))  # logged only as non_personal_example
     return tracking.log_model(model, name, example)
 
 

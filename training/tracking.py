@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from training.config import Config, ConfigError, experiment_yaml
+from training.models import without_customer_ids
 
 PIP_REQUIREMENTS = ["lightgbm", "scikit-learn", "pandas", "numpy"]
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -59,8 +60,25 @@ class IndicatorModel(mlflow.pyfunc.PythonModel):
         return self.model.predict(model_input).reset_index(drop=True)
 
 
+def non_personal_example(rows: pd.DataFrame) -> pd.DataFrame:
+    """Three rows of each column's own lower quartile, median and upper quartile (the most
+    common value for non-numbers): valid model input that is no customer's row, so the
+    registry keeps no personal data an erasure would have to find."""
+    numbers = rows.select_dtypes("number")
+    quartiles = numbers.quantile([0.25, 0.5, 0.75], interpolation="nearest").reset_index(drop=True)
+    example = pd.DataFrame(index=range(3))
+    for column in rows.columns:
+        if column in quartiles:
+            example[column] = quartiles[column].astype(rows[column].dtype)
+        else:
+            common = rows[column].mode(dropna=True)
+            example[column] = pd.Series([common.iloc[0] if len(common) else None] * 3, dtype=rows[column].dtype)
+    return example
+
+
 def log_model(model: Any, name: str, example: pd.DataFrame) -> str:
-    """Log ``model`` in the active run with signature and input example; returns its model URI."""
+    """Log ``model`` in the active run with a signature inferred from ``example`` and a
+    ``non_personal_example`` of it; returns its model URI."""
     from mlflow.models import infer_signature
 
     wrapper = IndicatorModel()
@@ -68,13 +86,13 @@ def log_model(model: Any, name: str, example: pd.DataFrame) -> str:
     output = wrapper.predict(None, example)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.joblib"
-        joblib.dump(model, path)
+        joblib.dump(without_customer_ids(model), path)
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=IndicatorModel(),
             artifacts={"model": str(path)},
             signature=infer_signature(example, output),
-            input_example=example.head(3),
+            input_example=non_personal_example(example),
             pip_requirements=PIP_REQUIREMENTS,
         )
     return info.model_uri

@@ -8,25 +8,27 @@ import pytest
 
 from serving.batch import score_all
 from serving.server import ServerFailed, running_server
+from tests.conftest import API_KEY, AUTH
 
 
 @pytest.fixture(scope="module")
-def server(trained):
+def server(trained, tmp_path_factory):
     config, _ = trained
     summary = score_all(config)
+    log = tmp_path_factory.mktemp("server") / "server.log"
     try:
-        with running_server(config) as url:
-            yield url, summary
+        with running_server(config, api_key=API_KEY, log_path=log) as url:
+            yield url, summary, log
     except ServerFailed as error:
         pytest.fail(str(error))
 
 
 def test_the_served_profile_equals_the_batch_scores(server) -> None:
-    url, summary = server
+    url, summary, _ = server
     scores = pd.read_parquet(summary.parquet).set_index("customer_id")
     ids = scores.index[:5].tolist()
     response = httpx.post(
-        f"{url}/profile", json={"customer_ids": ids, "as_of": summary.scored_at.isoformat()}, timeout=60
+        f"{url}/profile", json={"customer_ids": ids, "as_of": summary.scored_at.isoformat()}, headers=AUTH, timeout=60
     )
     assert response.status_code == 200, response.text
     for profile in response.json()["profiles"]:
@@ -38,9 +40,28 @@ def test_the_served_profile_equals_the_batch_scores(server) -> None:
 
 
 def test_client_errors_over_http_are_4xx(server) -> None:
-    url, _ = server
-    bad = httpx.post(f"{url}/profile", content=b"{not json", headers={"content-type": "application/json"}, timeout=30)
+    url, _, _ = server
+    bad = httpx.post(f"{url}/profile", content=b"{not json", headers={**AUTH, "content-type": "application/json"}, timeout=30)
     assert 400 <= bad.status_code < 500
+
+
+def test_api_keys_never_reach_the_log(server, trained) -> None:
+    from serving.access import KeyStore
+
+    url, _, log = server
+    config, _ = trained
+    store = KeyStore(config.paths.api_keys)
+    good, _ = store.create("logged?", ["profiles:read"])
+    wrong_scope_key, _ = store.create("stream-2", ["events:write"])
+    bad = good[:-4] + "XXXX"
+    for key, status in ((good, 200), (bad, 401), (wrong_scope_key, 403)):
+        response = httpx.post(f"{url}/profile", json={"customer_ids": ["C00000001"]}, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert response.status_code == status, response.text
+    assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200  # open without a key
+    written = log.read_text()
+    assert "/profile" in written  # the access log is on, and the requests reached it
+    for key in (good, bad, wrong_scope_key, API_KEY):
+        assert key not in written and key.rsplit("_", 1)[-1] not in written
 
 
 def test_the_built_bento_serves_offline(trained, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,8 +81,8 @@ def test_the_built_bento_serves_offline(trained, tmp_path, monkeypatch: pytest.M
     scores = pd.read_parquet(summary.parquet).set_index("customer_id")
     ids = scores.index[:3].tolist()
     try:
-        with running_server(config, target="customer-indicators:latest", cwd=tmp_path) as url:
-            response = httpx.post(f"{url}/profile", json={"customer_ids": ids, "as_of": summary.scored_at.isoformat()}, timeout=60)
+        with running_server(config, target="customer-indicators:latest", cwd=tmp_path, api_key=API_KEY) as url:
+            response = httpx.post(f"{url}/profile", json={"customer_ids": ids, "as_of": summary.scored_at.isoformat()}, headers=AUTH, timeout=60)
     except ServerFailed as error:
         pytest.fail(str(error))
     assert response.status_code == 200, response.text

@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from tests.conftest import API_KEY, AUTH
+
 
 @pytest.fixture(scope="module")
 def client(trained):
@@ -13,9 +15,10 @@ def client(trained):
     mp = pytest.MonkeyPatch()
     mp.setenv("INDICATORS_DATA_DIR", str(config.data_dir))
     mp.setenv("INDICATORS_MLFLOW_DIR", str(config.mlflow_store))
+    mp.setenv("INDICATORS_API_KEY", API_KEY)
     from serving.service import CustomerIndicators
 
-    with TestClient(CustomerIndicators.to_asgi()) as test_client:
+    with TestClient(CustomerIndicators.to_asgi(), headers=AUTH) as test_client:
         yield test_client
     mp.undo()
 
@@ -24,6 +27,43 @@ def _ids(trained, consent: bool, n: int) -> list[str]:
     config, _ = trained
     profile = pd.read_parquet(config.paths.features / "customer_profile.parquet")
     return profile.loc[profile["profiling_consent"] == consent, "customer_id"].head(n).tolist()
+
+
+def test_every_route_but_health_and_readiness_answers_401_without_a_valid_key(client, trained) -> None:
+    from serving.access import OPEN_PATHS, KeyStore
+
+    config, _ = trained
+    spec = client.get("/docs.json").json()
+    routes = [(path, method.upper()) for path, item in spec["paths"].items() for method in item if path not in OPEN_PATHS]
+    assert {("/profile", "POST"), ("/metadata", "GET"), ("/lookalike", "POST")} <= set(routes)
+    store = KeyStore(config.paths.api_keys)
+    revoked_key, revoked = store.create("gone", ["admin"])
+    store.revoke(revoked.key_id)
+    for path, method in [*routes, ("/metrics", "GET"), ("/docs.json", "GET"), ("/", "GET")]:
+        for authorization in ("", "Bearer", "Bearer wrong", f"Bearer {revoked_key}", f"Basic {API_KEY}"):
+            response = client.request(method, path, headers={"Authorization": authorization}, json={})
+            assert response.status_code == 401, (path, authorization, response.status_code)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert "error" in response.json() and API_KEY not in response.text
+    for open_path in ("/livez", "/healthz", "/readyz"):
+        assert client.get(open_path, headers={"Authorization": ""}).status_code == 200
+
+
+def test_a_key_without_the_routes_scope_gets_403(client, trained) -> None:
+    from serving.access import KeyStore
+
+    config, _ = trained
+    store = KeyStore(config.paths.api_keys)
+    events_only, _ = store.create("stream", ["events:write"])
+    reader, _ = store.create("app", ["profiles:read"])
+    admin, _ = store.create("ops", ["admin"])
+    body = {"customer_ids": ["C00000001"]}
+    refused = client.post("/profile", json=body, headers={"Authorization": f"Bearer {events_only}"})
+    assert refused.status_code == 403 and "needs 'profiles:read'" in refused.json()["error"]
+    assert client.post("/profile", json=body, headers={"Authorization": f"Bearer {reader}"}).status_code == 200
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {reader}"}).status_code == 403
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+    assert client.post("/profile", json=body, headers={"Authorization": f"Bearer {admin}"}).status_code == 200
 
 
 def test_profile_scores_known_consenting_customers_and_lists_the_rest(client, trained) -> None:

@@ -17,6 +17,7 @@ import csv
 import hashlib
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from training.config import Paths
+from training.data.erasure import Suppression
 from training.data.schemas import (
     BOOLEAN_CUSTOMER_COLUMNS,
     OPTIONAL_COLUMNS,
@@ -98,6 +100,7 @@ class TableReport:
     rows_added: int = 0
     rows_already_present: int = 0
     rows_quarantined: int = 0
+    rows_suppressed: int = 0  # rows of erased customers, dropped before anything else
     reasons: dict[str, int] = field(default_factory=dict)
     quarantine_file: Path | None = None
     notes: list[str] = field(default_factory=list)  # how the file was read: delimiter, ids, signs
@@ -383,8 +386,11 @@ def ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> li
         raise IngestError(f"unknown table(s): {sorted(unknown)}")
     _check_targets(options.columns)
     planned: list[tuple[TableReport, pd.DataFrame, pd.DataFrame]] = []
+    suppression = Suppression(paths)
     for table, source_path in sources.items():
         source, read_notes = read_source(source_path, options.delimiter)
+        rows_read = len(source)
+        source, suppressed = drop_suppressed(source, options, suppression.contains)
         result = normalize(table, source, options)
         quarantined = result.quarantined
         target = paths.raw_table(table)
@@ -399,7 +405,8 @@ def ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> li
         report = TableReport(
             table=table,
             source=source_path,
-            rows_read=len(source),
+            rows_read=rows_read,
+            rows_suppressed=suppressed,
             rows_added=len(merged) - (0 if existing is None else len(existing)),
             rows_already_present=already,
             rows_quarantined=len(quarantined),
@@ -423,6 +430,20 @@ def ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> li
         if report.rows_added:
             _write_atomic(merged, paths.raw_table(report.table))
     return [report for report, _, _ in planned]
+
+
+def drop_suppressed(
+    source: pd.DataFrame, options: ImportOptions, suppressed: Callable[[pd.Series], np.ndarray]
+) -> tuple[pd.DataFrame, int]:
+    """``source`` without the rows of erased customers (read as the import reads ids), and how
+    many there were: they reach neither the tables nor the quarantine file."""
+    mapped = options.columns.get("customer_id")
+    column = mapped if mapped in source.columns else "customer_id"  # as _rename reads it
+    if column not in source.columns:
+        return source, 0  # normalize names the missing column
+    ids, _ = _read_ids(source[column], "customer_id")
+    hits = suppressed(ids)
+    return (source[~hits].reset_index(drop=True), int(hits.sum())) if hits.any() else (source, 0)
 
 
 def _check_targets(columns: dict[str, str]) -> None:

@@ -169,6 +169,19 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
             layout = _layout_id(conn, config, table, names)
             _upsert(conn, config, table, zip(entity_keys, [layout] * len(frame), blobs, event_ts, created_ts, strict=True))
 
+    def delete_entity_keys(self, config: RepoConfig, views: Sequence[FeatureView], entity_keys: list[bytes]) -> int:
+        """Delete these serialized entity keys from every view's rows (Feast's tables too); rows deleted."""
+        conn = self._get_conn(config)
+        deleted = 0
+        with conn:
+            existing = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for view in views:
+                for table in (_tables(config, view)[0], _feasts_table(config, view)):
+                    if table in existing:
+                        cursor = conn.executemany(f"DELETE FROM {_quote_id(table)} WHERE entity_key = ?", [(k,) for k in entity_keys])
+                        deleted += cursor.rowcount
+        return deleted
+
     def online_write_batch(
         self,
         config: RepoConfig,

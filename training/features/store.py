@@ -134,6 +134,32 @@ def write_online(store: FeatureStore, view_name: str, frame: pd.DataFrame) -> No
                 store.write_to_online_store(view_name, chunk)
 
 
+def erase_online(store: FeatureStore, customer_ids: list[str]) -> int:
+    """Delete the customers from the online store, every view; returns the rows (SQLite) or
+    keys (Redis: one hash per customer) deleted."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.infra.online_stores.redis import RedisOnlineStore
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+    version = store.config.entity_key_serialization_version
+    keys = [
+        serialize_entity_key(
+            EntityKeyProto(join_keys=[customer.join_key], entity_values=[ValueProto(string_val=cid)]),
+            entity_key_serialization_version=version,
+        )
+        for cid in customer_ids
+    ]
+    online = store._get_provider().online_store
+    if isinstance(online, online_store.LeanSqliteOnlineStore):
+        return online.delete_entity_keys(store.config, store.list_feature_views(), keys)
+    if isinstance(online, RedisOnlineStore):
+        client = online._get_client(store.config.online_store)
+        project = store.config.project.encode()
+        return int(client.delete(*[key + project for key in keys])) if keys else 0
+    raise NotImplementedError(f"erasure from a {type(online).__name__} online store")
+
+
 def service(store: FeatureStore, name: str = DEFAULT_SERVICE) -> FeatureService:
     return store.get_feature_service(name)
 
