@@ -1,22 +1,77 @@
-"""Request models of the endpoint: pydantic, unknown fields rejected (a 400 naming them)."""
+"""Request and response models of the endpoint (pydantic): strict types, bounded sizes,
+unknown fields rejected, and one error body for every client error (``ErrorResponse``)."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictStr,
+    StringConstraints,
+    create_model,
+    model_validator,
+)
 
 from feature_repo.feature_views import BEHAVIOUR_FEATURES, PROFILE_FEATURES, TRANSACTION_FEATURES
 from feature_repo.on_demand_views import RECENCY_FEATURES
 
 MAX_BATCH = 1000
+MAX_SEED = 100_000
+MAX_ID_LENGTH = 128
+MAX_TEXT_LENGTH = 64  # a what-if payload's text features (region, age band, ...)
+
+CustomerId = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+def _iso_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("expected an ISO 8601 date-time string")
+    return value
+
+
+Moment = Annotated[datetime, BeforeValidator(_iso_text)]  # "2026-11-30T00:00:00Z", not a number
+
+
+def _not_bool_or_text(value: Any) -> Any:
+    if isinstance(value, bool | str):
+        raise ValueError("expected an integer")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_bool_or_text)]  # 3 or 3.0 (JSON Schema's integers), not true or "3"
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]  # an int is a number too; a bool or "3" is not
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="Where in the request: body, field, index")
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx answer: what went wrong, and per field where it did (validation)."""
+
+    error: str
+    detail: list[ErrorItem] = Field(default_factory=list)
 
 
 class ProfileRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    customer_ids: list[str] = Field(min_length=1, max_length=MAX_BATCH, description="1 to 1,000 customer ids")
-    as_of: datetime | None = Field(default=None, description="Moment features are read for (default: now)")
-    reasons: int = Field(
+    customer_ids: list[CustomerId] = Field(min_length=1, max_length=MAX_BATCH, description="1 to 1,000 customer ids")
+    as_of: Moment | None = Field(
+        default=None,
+        description="Moment recency is measured to (default: the time the stored features are current to, as "
+        "`indicators score` uses); between that time and a year after the later of it and now",
+    )
+    reasons: Count = Field(
         default=3, ge=0, le=10,
         description="Top reasons per indicator (exact TreeSHAP, most of the cost of a call); 0 for none",
     )
@@ -24,14 +79,82 @@ class ProfileRequest(BaseModel):
 
 class ExplainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    customer_id: str = Field(min_length=1)
-    as_of: datetime | None = None
+    customer_id: CustomerId
+    as_of: Moment | None = Field(default=None, description="As for /profile")
 
 
 class LookalikeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    seed_customer_ids: list[str] = Field(min_length=10, max_length=100_000)
-    audience_percent: float = Field(gt=0, le=50, description="Audience size, % of the non-seed customers")
+    seed_customer_ids: list[CustomerId] = Field(min_length=10, max_length=MAX_SEED)
+    audience_percent: Number = Field(gt=0, le=50, description="Audience size, % of the non-seed customers")
+
+
+class Reason(BaseModel):
+    feature: str
+    value: Any = Field(description="The feature's value as read")
+    contribution: float = Field(description="SHAP contribution, in the direction of the indicator")
+
+
+class Indicators(BaseModel):
+    """Model outputs; null where the model is not trained (e.g. a lookalike without its seed column)."""
+
+    model_config = ConfigDict(extra="allow")
+    p_churn: float | None
+    p_purchase_30d: float | None
+    expected_purchases: float | None
+    expected_revenue: float | None
+
+
+class Profile(BaseModel):
+    customer_id: str
+    indicators: Indicators
+    segments: dict[str, str | None] = Field(description="value_tier, churn_risk_band, lifecycle_stage")
+    reasons: dict[str, list[Reason]] = Field(description="Top reasons per indicator (empty with reasons 0)")
+    model_versions: dict[str, str]
+    features_read_at: str = Field(description="The moment recency was measured to (ISO 8601)")
+
+
+class ProfileResponse(BaseModel):
+    profiles: list[Profile]
+    not_found: list[str] = Field(description="Ids without stored features")
+    not_scored_without_consent: list[str] = Field(description="Customers who may not be profiled")
+
+
+class UnusualFeature(BaseModel):
+    feature: str
+    value: float
+    typical_min: float = Field(description="The middle 99.8% of the stored customers' values lie between these")
+    typical_max: float
+
+
+class ScoreResponse(BaseModel):
+    indicators: Indicators
+    segments: dict[str, str | None]
+    reasons: dict[str, list[Reason]]
+    model_versions: dict[str, str]
+    features_read_at: str
+    unusual_features: list[UnusualFeature] = Field(
+        description="Payload values outside the range of the stored customers: the models extrapolate there, "
+        "so read these indicators with care"
+    )
+
+
+class Contribution(BaseModel):
+    feature: str
+    value: Any
+    contribution: float
+
+
+class Explanation(BaseModel):
+    base_value: float
+    contributions: list[Contribution]
+
+
+class ExplainResponse(BaseModel):
+    customer_id: str
+    found: bool
+    not_scored_without_consent: bool | None = None
+    explanations: dict[str, Explanation] | None = None
 
 
 class AudienceMember(BaseModel):
@@ -64,28 +187,49 @@ class LookalikeResponse(BaseModel):
     message: str
 
 
-def _python_type(field) -> type:
-    name = str(field.dtype)
-    if "Bool" in name or "BOOL" in name:
-        return bool
-    if "String" in name or "STRING" in name:
-        return str
-    if "UnixTimestamp" in name or "UNIX" in name:
-        return datetime
-    return float
+# --- what-if payloads: every served feature, each in its domain --------------------------------
 
 
-# Every served feature, all optional: a what-if payload may set any subset.
+def feature_domain(name: str) -> tuple[float, float]:
+    """The values a numeric feature can take: shares and rates in [0, 1]; revenue (net of
+    refunds, so possibly negative) any finite number; counts, days, values and gaps >= 0."""
+    if name.startswith("share_") or name.endswith(("_rate", "_share")) or "_rate_" in name:
+        return 0.0, 1.0
+    if name.startswith("revenue_"):
+        return -math.inf, math.inf
+    return 0.0, math.inf
+
+
+def _field(name: str, dtype: Any) -> tuple[Any, Any]:
+    """The type of a feature in a what-if payload; left out (not null) when unknown."""
+    kind = str(dtype)
+    if "Bool" in kind or "BOOL" in kind:
+        return StrictBool, None
+    if "String" in kind or "STRING" in kind:
+        return Annotated[StrictStr, StringConstraints(max_length=MAX_TEXT_LENGTH)], None
+    if "UnixTimestamp" in kind or "UNIX" in kind:
+        return Moment, None
+    low, high = feature_domain(name)
+    bounds = {k: v for k, v in (("ge", low), ("le", high)) if math.isfinite(v)}
+    return Annotated[float, Strict(), Field(allow_inf_nan=False, **bounds)], None
+
+
+def _at_least_one(payload: BaseModel) -> BaseModel:
+    if not payload.model_fields_set:
+        raise ValueError("give at least one feature (the others are unknown)")
+    return payload
+
+
+SERVED_FEATURES = (*TRANSACTION_FEATURES, *BEHAVIOUR_FEATURES, *PROFILE_FEATURES, *RECENCY_FEATURES)
+# Every served feature, all optional: a what-if payload sets any of them (at least one).
 FeaturePayload = create_model(
     "FeaturePayload",
-    __config__=ConfigDict(extra="forbid"),
-    **{
-        field.name: (_python_type(field) | None, None)
-        for field in (*TRANSACTION_FEATURES, *BEHAVIOUR_FEATURES, *PROFILE_FEATURES, *RECENCY_FEATURES)
-    },
+    __config__=ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1}),
+    __validators__={"at_least_one": model_validator(mode="after")(_at_least_one)},
+    **{field.name: _field(field.name, field.dtype) for field in SERVED_FEATURES},
 )
 
 
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    features: FeaturePayload  # type: ignore[valid-type]
+    features: FeaturePayload = Field(description="At least one feature; the others are unknown")  # type: ignore[valid-type]

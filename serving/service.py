@@ -2,7 +2,7 @@
 
 Start with ``make serve`` (after ``make train``). Configuration comes from the environment
 (``training.config.config_from_env``). Every route but health and readiness needs an API key
-(``serving.access``).
+(``serving.access``); bodies, errors and the OpenAPI document are ``serving.guard``'s.
 The service loads the ``champion`` of every model and checks the online store at start, and
 refuses to start with a clear message when either is missing.
 """
@@ -10,19 +10,32 @@ refuses to start with a clear message when either is missing.
 from __future__ import annotations
 
 import gc
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import bentoml
 import pandas as pd
-from bentoml.exceptions import ServiceUnavailable
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
 
+from serving import guard
 from serving.access import ApiKeyMiddleware
 from serving.consent import may_score, policy_for
-from serving.schemas import ExplainRequest, LookalikeRequest, ProfileRequest, ScoreRequest
+from serving.schemas import (
+    ErrorResponse,
+    ExplainRequest,
+    ExplainResponse,
+    FeaturePayload,
+    LookalikeRequest,
+    LookalikeResponse,
+    ProfileRequest,
+    ProfileResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
 from serving.scoring import Champions, lookalike_audience_response, value_tiers_of
-from training.config import config_from_env
+from training.config import as_utc, config_from_env
 from training.dataset import features_at
 from training.explain import top_reasons
 from training.features import store as feature_store
@@ -30,23 +43,32 @@ from training.features.snapshots import data_end
 
 
 def _frame(values: dict[str, list]) -> pd.DataFrame:
-    """Objects as read (no dtype inference: 0.4 ms instead of 1.3 ms per call); the encoder
+    """Objects as read (no dtype inference, a millisecond of a one-customer call); the encoder
     turns them into the models' floats exactly as it does Feast's offline frames."""
     return pd.DataFrame(values, dtype=object)
 
 
-def _now(as_of: datetime | None) -> datetime:
-    if as_of is None:
-        return datetime.now(UTC)
-    return as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
+# A request's as_of may lie this far past the later of now and the features' time: beyond,
+# recency extrapolates past anything the models saw.
+MAX_AHEAD = timedelta(days=365)
+TYPICAL_QUANTILES = (0.001, 0.999)  # /score flags values outside the middle 99.8% of stored customers
+JSON_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 422, 503)}
 
-
-# GET routes: BentoML APIs are POST; this app is mounted behind them and sees the rest.
-info = FastAPI(title="customer indicators: read-only routes")
+# The routes: a FastAPI app BentoML mounts and serves (workers, metrics, access log). Its
+# OpenAPI document is the one served (``serving.guard``).
+api = FastAPI(
+    title="customer indicators",
+    version="1",
+    description="Predictive indicators, their reasons and lookalike audiences for customer profiles. "
+    "Every route but /livez, /healthz and /readyz needs `Authorization: Bearer KEY`.",
+    docs_url=None,
+    redoc_url=None,
+)
+guard.install(api)
 
 
 @bentoml.service(traffic={"timeout": 60})
-@bentoml.asgi_app(info, path="/")
+@bentoml.asgi_app(api, path="/")
 class CustomerIndicators:
     def __init__(self) -> None:
         self.config = config_from_env()
@@ -59,8 +81,11 @@ class CustomerIndicators:
         self.reader = feature_store.OnlineReader.of(self.store)
         # One read at start: a store without the views' tables fails here, with what to run.
         self.reader.read(["startup-probe"], datetime.now(UTC))
+        # The time the stored features are current to: the default as_of, as `indicators score` uses.
+        self.features_time = data_end(self.config.paths)
         self._population: pd.DataFrame | None = None
         self._population_stamp: int | None = None
+        self._typical: dict[str, tuple[float, float]] | None = None
         self._set_value_tiers()
         # What was loaded lives as long as the service: out of the collector's sight, a full
         # collection no longer walks the models and the registry in the middle of a request.
@@ -76,6 +101,20 @@ class CustomerIndicators:
         else:
             self.champions.calibrate_tiers(self._latest_features())
 
+    def _moment(self, as_of: datetime | None) -> datetime:
+        """The moment recency is measured to: ``as_of`` if it lies in the served range, else a 400."""
+        if as_of is None:
+            return self.features_time
+        moment = as_utc(as_of)
+        latest = max(datetime.now(UTC), self.features_time) + MAX_AHEAD
+        if not self.features_time <= moment <= latest:
+            raise HTTPException(
+                422,
+                f"as_of must lie between {self.features_time.isoformat()} (the time the stored features are current "
+                f"to: earlier moments would read later purchases) and {latest.isoformat()}; got {moment.isoformat()}",
+            )
+        return moment
+
     def _online(self, customer_ids: list[str], as_of: datetime) -> pd.DataFrame:
         return _frame(self._read(customer_ids, as_of))
 
@@ -83,12 +122,11 @@ class CustomerIndicators:
         try:
             return self.reader.read(customer_ids, as_of)
         except Exception as error:  # the store is a backend: its failure is not the client's fault
-            raise ServiceUnavailable(f"online feature store unavailable: {error}") from error
+            raise HTTPException(503, f"online feature store unavailable: {type(error).__name__}") from error
 
-    @bentoml.api(route="/profile", input_spec=ProfileRequest)
     def profile(self, customer_ids: list[str], as_of: datetime | None = None, reasons: int = 3) -> dict[str, Any]:
         """Every indicator, segments, top reasons, model versions and feature time per customer."""
-        moment = _now(as_of)
+        moment = self._moment(as_of)
         values = self._read(list(dict.fromkeys(customer_ids)), moment)
         # Sorted on the lists as read: with pandas this took a millisecond of a one-customer call.
         ids = values["customer_id"]
@@ -103,20 +141,37 @@ class CustomerIndicators:
             "not_scored_without_consent": [cid for cid, f, c in zip(ids, found, consent, strict=True) if f and not c],
         }
 
-    @bentoml.api(route="/score", input_spec=ScoreRequest)
-    def score(self, features: Any) -> dict[str, Any]:
+    @api.post("/profile", response_model=None, responses={200: {"model": ProfileResponse}, **JSON_ERRORS})
+    def profile_route(self, request: ProfileRequest) -> JSONResponse:
+        """Every indicator, segments, top reasons, model versions and feature time per customer;
+        unknown ids and customers who may not be profiled are listed, not scored."""
+        return JSONResponse(self.profile(request.customer_ids, request.as_of, request.reasons))
+
+    def score(self, features: dict[str, Any]) -> dict[str, Any]:
         """What-if: the indicators for a feature payload (missing features are unknown)."""
-        values = features.model_dump() if hasattr(features, "model_dump") else dict(features)
-        frame = pd.DataFrame([{"customer_id": "what-if", **values}])
+        given = {name: value for name, value in features.items() if value is not None}
+        unknown = dict.fromkeys(FeaturePayload.model_fields)
+        frame = pd.DataFrame([{"customer_id": "what-if", **unknown, **given}])
         frame = frame.astype({c: float for c in frame.columns if frame[c].isna().all()})
-        [record] = self.champions.score(frame, datetime.now(UTC))
+        [record] = self.champions.score(frame, self.features_time)
         record.pop("customer_id")
+        typical = self._typical_ranges()
+        record["unusual_features"] = [
+            {"feature": name, "value": float(value), "typical_min": typical[name][0], "typical_max": typical[name][1]}
+            for name, value in given.items()
+            if name in typical and not isinstance(value, bool) and not typical[name][0] <= value <= typical[name][1]
+        ]
         return record
 
-    @bentoml.api(route="/explain", input_spec=ExplainRequest)
+    @api.post("/score", response_model=None, responses={200: {"model": ScoreResponse}, **JSON_ERRORS})
+    def score_route(self, request: ScoreRequest) -> JSONResponse:
+        """What-if: the indicators for a feature payload; values outside the stored customers'
+        range are listed in ``unusual_features`` (the models extrapolate there)."""
+        return JSONResponse(self.score(request.features.model_dump(exclude_unset=True)))
+
     def explain(self, customer_id: str, as_of: datetime | None = None) -> dict[str, Any]:
         """Every SHAP contribution per indicator for one customer."""
-        features = self._online([customer_id], _now(as_of))
+        features = self._online([customer_id], self._moment(as_of))
         if features["signup_at"].isna().all():
             return {"customer_id": customer_id, "found": False}
         if not may_score(features["profiling_consent"], self.unknown_consent).all():
@@ -130,7 +185,11 @@ class CustomerIndicators:
             }
         return {"customer_id": customer_id, "found": True, "explanations": explanations}
 
-    @bentoml.api(route="/lookalike", input_spec=LookalikeRequest)
+    @api.post("/explain", response_model=None, responses={200: {"model": ExplainResponse}, **JSON_ERRORS})
+    def explain_route(self, request: ExplainRequest) -> JSONResponse:
+        """Every SHAP contribution per indicator for one customer (none for one who may not be profiled)."""
+        return JSONResponse(self.explain(request.customer_id, request.as_of))
+
     def lookalike(self, seed_customer_ids: list[str], audience_percent: float) -> dict[str, Any]:
         """Non-seed customers ranked by similarity to the seed; the expected precision comes from
         held-out seed members, and a seed they show no signal for gets none (``signal: false``).
@@ -142,34 +201,58 @@ class CustomerIndicators:
         seeds = asked & set(population["customer_id"])
         without_consent = len(asked & set(everyone["customer_id"])) - len(seeds)
         if len(seeds) < 10:
-            raise bentoml.exceptions.InvalidArgument(
+            raise HTTPException(
+                422,
                 f"only {len(seeds)} seed ids have features and profiling consent ({without_consent} left out for "
-                "consent); at least 10 are needed"
+                "consent); at least 10 are needed",
             )
         return lookalike_audience_response(population, seeds, audience_percent, seed_ids_without_consent=without_consent)
+
+    @api.post("/lookalike", response_model=None, responses={200: {"model": LookalikeResponse}, **JSON_ERRORS})
+    def lookalike_route(self, request: LookalikeRequest) -> JSONResponse:
+        """An audience like the seed, and what held-out seed members say it is worth."""
+        return JSONResponse(self.lookalike(request.seed_customer_ids, request.audience_percent))
+
+    def _typical_ranges(self) -> dict[str, tuple[float, float]]:
+        """Per numeric feature, the middle 99.8% of the stored customers' values."""
+        population = self._latest_features()
+        if self._typical is None:
+            numbers = population.select_dtypes("number")
+            low, high = (numbers.quantile(q) for q in TYPICAL_QUANTILES)
+            self._typical = {c: (float(low[c]), float(high[c])) for c in numbers.columns if pd.notna(low[c])}
+        return self._typical
 
     def _latest_features(self) -> pd.DataFrame:
         """Every customer's latest features (the lookalike population), read again after an erasure."""
         erasures = self.config.paths.suppression
         stamp = erasures.stat().st_mtime_ns if erasures.exists() else None
         if self._population is None or stamp != self._population_stamp:
-            self._population_stamp = stamp
+            self._population_stamp, self._typical = stamp, None
             paths = self.config.paths
             ids = pd.read_parquet(paths.features / "customer_profile.parquet", columns=["customer_id"])["customer_id"]
             rows = pd.DataFrame({"customer_id": ids.sort_values().to_numpy(), "cutoff": pd.Timestamp(data_end(paths))})
             self._population = features_at(self.store, rows)
         return self._population
 
-    @info.get("/metadata")
+    @api.get("/metadata", responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
     def metadata(self) -> dict[str, Any]:
         """Champion versions, their training windows and backtest metrics, the feature service."""
         return {
             "model_versions": self.champions.versions,
             "champions": self.champions.provenance,
             "feature_service": feature_store.DEFAULT_SERVICE,
-            "tracking_uri": self.config.mlflow_tracking_uri,
+            "tracking_uri": _without_password(self.config.mlflow_tracking_uri),
             "segments": {"value_tiers": self.champions.value_tiers, "churn_bands": "low < 0.3 <= medium < 0.6 <= high"},
         }
 
 
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+# Outermost first: a request without a valid key is refused before its body is read.
 CustomerIndicators.add_asgi_middleware(ApiKeyMiddleware)
+CustomerIndicators.add_asgi_middleware(guard.RequestGuard)

@@ -140,7 +140,7 @@ def test_lookalike_neither_learns_from_nor_returns_customers_without_consent(cli
     everyone_refusing = set(_ids(trained, False, 10**6))
     assert body["audience"] and not {a["customer_id"] for a in body["audience"]} & everyone_refusing
     response = client.post("/lookalike", json={"seed_customer_ids": [*consenting[:5], *refused], "audience_percent": 5})
-    assert response.status_code == 400 and "20 left out for consent" in response.text
+    assert response.status_code == 422 and "20 left out for consent" in response.text
 
 
 def test_a_random_seed_gets_no_signal_and_no_confident_precision(client, trained) -> None:
