@@ -17,6 +17,7 @@ HISTORY_START ?= 2023-11-01
 HISTORY_DAYS ?= 1095
 TRIALS ?= 8
 PORT ?= 3000
+LOAD_SECONDS ?= 600
 
 export MLFLOW_DISABLE_TELEMETRY := true
 export BENTOML_DO_NOT_TRACK := True
@@ -25,7 +26,7 @@ export FEAST_USAGE := False
 export PYTHONDONTWRITEBYTECODE :=
 export UV_LINK_MODE := copy
 
-.PHONY: help setup train data features serve test test-all test-services bench bench-train bench-serve bench-short-history bento report lint mlflow-ui feast-ui clean
+.PHONY: help setup train data features serve test test-all test-services bench bench-train bench-serve bench-short-history load-test bento report lint mlflow-ui feast-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,7 +54,7 @@ train: data ## The main job: data if none, features, tuned models, backtest, reg
 
 serve: setup ## Serve the endpoint on 127.0.0.1:$(PORT) (after make train); the first run prints a local API key
 	@$(RUN)/indicators api-key local --port $(PORT) --data-dir $(DATA)
-	INDICATORS_DATA_DIR=$(DATA) INDICATORS_MLFLOW_DIR=$(MLFLOW_DIR) $(RUN)/bentoml serve serving.service:CustomerIndicators --host 127.0.0.1 --port $(PORT)
+	$(RUN)/indicators serve --port $(PORT) --data-dir $(DATA) --mlflow-dir $(MLFLOW_DIR)
 
 bento: setup ## Build the endpoint into a Bento, offline (pinned requirements exported from uv.lock)
 	@mkdir -p build
@@ -76,6 +77,10 @@ bench: setup ## Data/feature-store (100k, 1M) and serving benchmarks -> bench/re
 bench-serve: setup ## Serving benchmark (/profile latency, throughput, in-process floor, batch) -> bench/serve_results.json
 	@test -f $(MLFLOW_DIR)/mlflow.db || $(MAKE) train
 	$(RUN)/python -m bench.serve --data-dir $(DATA) --out bench/serve_results.json
+
+load-test: setup ## Bounded load test on loopback: 1- and 100-customer /profile calls mixed (LOAD_SECONDS, default 600) -> bench/load_results.json
+	@test -f $(MLFLOW_DIR)/mlflow.db || $(MAKE) train
+	$(RUN)/python -m bench.load --data-dir $(DATA) --seconds $(LOAD_SECONDS) --out bench/load_results.json
 
 bench-train: setup ## Training benchmark at 100k customers -> bench/train_results.json
 	$(RUN)/python -m bench.train --customers 100000 --out bench/train_results.json

@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from serving.guard import send_error
+
 SCOPES = ("profiles:read", "events:write", "admin")
 OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz"})
 # The scope each route needs; any other path (docs, metrics, unknown) needs admin.
@@ -38,6 +40,7 @@ ROUTE_SCOPES = {
     "/events": "events:write",
 }
 ENV_KEY = "INDICATORS_API_KEY"
+MIN_ENV_KEY_LENGTH = 32
 _PREFIX = "ci"
 
 
@@ -164,6 +167,9 @@ class ApiKeyMiddleware:
         self.app = app
         self._keys_file = keys_file
         self._store: KeyStore | None = None
+        extra_key = extra_key or os.environ.get(ENV_KEY)
+        if extra_key and len(extra_key) < MIN_ENV_KEY_LENGTH:  # checked at start: the server does not come up
+            raise AccessError(f"{ENV_KEY} must hold at least {MIN_ENV_KEY_LENGTH} characters: it grants every scope")
         self._extra_digest = _digest(extra_key) if extra_key else None
 
     @property
@@ -173,14 +179,15 @@ class ApiKeyMiddleware:
                 from training.config import config_from_env
 
                 self._keys_file = config_from_env().paths.api_keys
-            if self._extra_digest is None and os.environ.get(ENV_KEY):
-                self._extra_digest = _digest(os.environ[ENV_KEY])
             self._store = KeyStore(self._keys_file)
         return self._store
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # no websocket route: refused, not let through
+            await send({"type": "websocket.close", "code": 1008})
             return
         needed = required_scope(scope["path"])
         if needed is None:
@@ -191,15 +198,15 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         status, message = refusal
-        headers = [(b"content-type", b"application/json")]
-        if status == 401:
-            headers.append((b"www-authenticate", b'Bearer realm="customer-indicators"'))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": json.dumps({"error": message}).encode()})
+        challenge = [(b"www-authenticate", b'Bearer realm="customer-indicators"')] if status == 401 else []
+        await send_error(send, status, message, challenge)
 
     def _refusal(self, scope: dict, needed: str) -> tuple[int, str] | None:
         store = self.store
-        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        given = [value for name, value in scope.get("headers") or [] if name == b"authorization"]
+        if len(given) > 1:
+            return 401, "send one Authorization header"
+        header = given[0].decode("latin-1") if given else ""
         kind, _, key = header.partition(" ")
         if kind.lower() != "bearer" or not key.strip():
             return 401, "an API key is required: send 'Authorization: Bearer KEY' (create one with `indicators api-key create`)"

@@ -22,6 +22,7 @@ import pandas as pd
 from serving.consent import may_score, policy_for, unrecorded
 from serving.scoring import Champions, value_tiers, value_tiers_of
 from training.config import Config
+from training.data.suppression import data_lock
 from training.dataset import features_at
 from training.features import store as feature_store
 from training.features.snapshots import data_end
@@ -52,6 +53,11 @@ def score_all(config: Config, slice_size: int = 250_000) -> ScoreSummary:
     competes with the scoring for the GIL and both cores, and the value tiers then need a pass
     of their own over everyone's expected revenue (32 s) before the first write.
     """
+    with data_lock(config.paths):  # an erasure waits for the scores, or they for it
+        return _score_all(config, slice_size)
+
+
+def _score_all(config: Config, slice_size: int) -> ScoreSummary:
     paths = config.paths
     seconds: dict[str, float] = {}
     clock = time.perf_counter()

@@ -9,6 +9,7 @@ and serves the app's own OpenAPI 3.1 document at BentoML's ``/docs.json``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
@@ -33,6 +34,27 @@ COMMON_ERRORS = {
     422: "Well-formed, but not servable: as_of outside the served range, too few seed ids with features and consent",
     503: "A backing store (online features, registry) is unavailable; retry",
 }
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as null: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+class FiniteJSONResponse(JSONResponse):
+    """JSON where a missing number (a model not trained, a feature not known) is null, not NaN."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except ValueError:  # a NaN somewhere: the rare case pays for the walk
+            return super().render(_finite(content))
 
 
 def error_json(message: str, detail: Iterable[dict] = ()) -> bytes:

@@ -32,6 +32,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+SERVICE = "CustomerIndicators"
+
+
+def server_environment(config: Config) -> dict[str, str]:
+    """What ``bentoml serve`` takes from the config: its number of worker processes."""
+    return {"BENTOML_CONFIG_OPTIONS": f"services.{SERVICE}.workers={config.server_workers}"}
+
+
 @contextmanager
 def running_server(
     config: Config,
@@ -41,13 +49,17 @@ def running_server(
     cwd: Path = PROJECT_ROOT,
     api_key: str | None = None,
     log_path: Path | None = None,
+    environ: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Yield the base URL of a ready ``bentoml serve`` for ``config``'s data and registry.
     ``target`` is the service in this checkout, or a built Bento's tag (run from ``cwd``);
-    ``api_key`` is accepted by the server with every scope; its log goes to ``log_path``."""
+    ``api_key`` is accepted by the server with every scope; its log goes to ``log_path``;
+    ``environ`` adds to its environment (a profile's variables)."""
     port = port or free_port()
     env = {
         **os.environ,
+        **server_environment(config),
+        **(environ or {}),
         "INDICATORS_DATA_DIR": str(config.data_dir),
         "INDICATORS_MLFLOW_DIR": str(config.mlflow_store),
         "BENTOML_DO_NOT_TRACK": "True",

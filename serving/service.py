@@ -17,7 +17,6 @@ from urllib.parse import urlsplit, urlunsplit
 import bentoml
 import pandas as pd
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import JSONResponse
 
 from serving import guard
 from serving.access import ApiKeyMiddleware
@@ -63,6 +62,7 @@ api = FastAPI(
     "Every route but /livez, /healthz and /readyz needs `Authorization: Bearer KEY`.",
     docs_url=None,
     redoc_url=None,
+    default_response_class=guard.FiniteJSONResponse,
 )
 guard.install(api)
 
@@ -84,7 +84,7 @@ class CustomerIndicators:
         # The time the stored features are current to: the default as_of, as `indicators score` uses.
         self.features_time = data_end(self.config.paths)
         self._population: pd.DataFrame | None = None
-        self._population_stamp: int | None = None
+        self._population_stamp: tuple[int, int] | None = None
         self._typical: dict[str, tuple[float, float]] | None = None
         self._set_value_tiers()
         # What was loaded lives as long as the service: out of the collector's sight, a full
@@ -142,10 +142,10 @@ class CustomerIndicators:
         }
 
     @api.post("/profile", response_model=None, responses={200: {"model": ProfileResponse}, **JSON_ERRORS})
-    def profile_route(self, request: ProfileRequest) -> JSONResponse:
+    def profile_route(self, request: ProfileRequest) -> guard.FiniteJSONResponse:
         """Every indicator, segments, top reasons, model versions and feature time per customer;
         unknown ids and customers who may not be profiled are listed, not scored."""
-        return JSONResponse(self.profile(request.customer_ids, request.as_of, request.reasons))
+        return guard.FiniteJSONResponse(self.profile(request.customer_ids, request.as_of, request.reasons))
 
     def score(self, features: dict[str, Any]) -> dict[str, Any]:
         """What-if: the indicators for a feature payload (missing features are unknown)."""
@@ -164,10 +164,10 @@ class CustomerIndicators:
         return record
 
     @api.post("/score", response_model=None, responses={200: {"model": ScoreResponse}, **JSON_ERRORS})
-    def score_route(self, request: ScoreRequest) -> JSONResponse:
+    def score_route(self, request: ScoreRequest) -> guard.FiniteJSONResponse:
         """What-if: the indicators for a feature payload; values outside the stored customers'
         range are listed in ``unusual_features`` (the models extrapolate there)."""
-        return JSONResponse(self.score(request.features.model_dump(exclude_unset=True)))
+        return guard.FiniteJSONResponse(self.score(request.features.model_dump(exclude_unset=True)))
 
     def explain(self, customer_id: str, as_of: datetime | None = None) -> dict[str, Any]:
         """Every SHAP contribution per indicator for one customer."""
@@ -186,9 +186,9 @@ class CustomerIndicators:
         return {"customer_id": customer_id, "found": True, "explanations": explanations}
 
     @api.post("/explain", response_model=None, responses={200: {"model": ExplainResponse}, **JSON_ERRORS})
-    def explain_route(self, request: ExplainRequest) -> JSONResponse:
+    def explain_route(self, request: ExplainRequest) -> guard.FiniteJSONResponse:
         """Every SHAP contribution per indicator for one customer (none for one who may not be profiled)."""
-        return JSONResponse(self.explain(request.customer_id, request.as_of))
+        return guard.FiniteJSONResponse(self.explain(request.customer_id, request.as_of))
 
     def lookalike(self, seed_customer_ids: list[str], audience_percent: float) -> dict[str, Any]:
         """Non-seed customers ranked by similarity to the seed; the expected precision comes from
@@ -209,9 +209,9 @@ class CustomerIndicators:
         return lookalike_audience_response(population, seeds, audience_percent, seed_ids_without_consent=without_consent)
 
     @api.post("/lookalike", response_model=None, responses={200: {"model": LookalikeResponse}, **JSON_ERRORS})
-    def lookalike_route(self, request: LookalikeRequest) -> JSONResponse:
+    def lookalike_route(self, request: LookalikeRequest) -> guard.FiniteJSONResponse:
         """An audience like the seed, and what held-out seed members say it is worth."""
-        return JSONResponse(self.lookalike(request.seed_customer_ids, request.audience_percent))
+        return guard.FiniteJSONResponse(self.lookalike(request.seed_customer_ids, request.audience_percent))
 
     def _typical_ranges(self) -> dict[str, tuple[float, float]]:
         """Per numeric feature, the middle 99.8% of the stored customers' values."""
@@ -223,13 +223,14 @@ class CustomerIndicators:
         return self._typical
 
     def _latest_features(self) -> pd.DataFrame:
-        """Every customer's latest features (the lookalike population), read again after an erasure."""
-        erasures = self.config.paths.suppression
-        stamp = erasures.stat().st_mtime_ns if erasures.exists() else None
+        """Every customer's latest features (the lookalike population), read again when the
+        features are rewritten (a new snapshot, an erasure)."""
+        paths = self.config.paths
+        profiles = paths.features / "customer_profile.parquet"
+        stamp = (profiles.stat().st_mtime_ns, profiles.stat().st_size)  # taken before the read: a rewrite after it is seen
         if self._population is None or stamp != self._population_stamp:
             self._population_stamp, self._typical = stamp, None
-            paths = self.config.paths
-            ids = pd.read_parquet(paths.features / "customer_profile.parquet", columns=["customer_id"])["customer_id"]
+            ids = pd.read_parquet(profiles, columns=["customer_id"])["customer_id"]
             rows = pd.DataFrame({"customer_id": ids.sort_values().to_numpy(), "cutoff": pd.Timestamp(data_end(paths))})
             self._population = features_at(self.store, rows)
         return self._population

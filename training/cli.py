@@ -440,6 +440,32 @@ def report(
     )
 
 @app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for a container).")] = "127.0.0.1",
+    workers: Annotated[
+        int | None, typer.Option(envvar="INDICATORS_WORKERS", show_default="one per core", help="Worker processes.")
+    ] = None,
+    data_dir: DataDir = None,
+    mlflow_dir: MlflowDir = None,
+) -> None:
+    """Serve the endpoint (`bentoml serve`) for this data directory and registry (what `make serve` runs)."""
+    import os
+
+    from serving.server import server_environment
+    from training.config import PROJECT_ROOT
+
+    config = _config(data_dir, mlflow_dir, workers=workers)
+    env = {**os.environ, **server_environment(config), "INDICATORS_DATA_DIR": str(config.data_dir),
+           "INDICATORS_MLFLOW_DIR": str(config.mlflow_store)}
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    command = [bentoml, "serve", "serving.service:CustomerIndicators", "--working-dir", str(PROJECT_ROOT),
+               "--host", host, "--port", str(port)]
+    console.print(f"serving {config.data_dir} with {config.server_workers} worker(s) on http://{host}:{port}")
+    os.execve(bentoml, command, env)
+
+
+@app.command()
 def erase(
     customer_id: Annotated[list[str] | None, typer.Option("--customer-id", help="A customer to erase (repeatable).")] = None,
     ids: Annotated[Path | None, typer.Option("--ids", help="A file of customer ids, one per line.")] = None,
@@ -458,7 +484,7 @@ def erase(
     config = _config(data_dir, mlflow_dir)
     try:
         report = run_erase(config, wanted)
-    except ErasureError as error:
+    except (ErasureError, OSError) as error:
         _fail(str(error))
     rows = sum(report.rows_removed.values())
     console.print(
@@ -467,11 +493,16 @@ def erase(
     )
     for path, count in report.rows_removed.items():
         console.print(f"  {count:,} rows  {path}", soft_wrap=True)
+    if report.not_found:
+        console.print(f"[yellow]not found in any store[/] (check the ids; suppressed all the same): {', '.join(report.not_found)}",
+                      soft_wrap=True)
+    for trace in report.traces:
+        mark = "[bold red]still found[/]" if trace.definite else "[yellow]possible trace, check by hand[/]"
+        console.print(f"  {mark} {trace.occurrences:,}x in {trace.location}", soft_wrap=True)
     if not report.complete:
-        for trace in report.traces:
-            console.print(f"  [bold red]still found[/] {trace.occurrences:,}x in {trace.location}", soft_wrap=True)
-        _fail("erasure incomplete: the files above still hold an erased id (remove them by hand, then run erase again)")
-    console.print("verified: no trace of the erased ids in the data directory, the MLflow store or the online store")
+        _fail("erasure incomplete: the places above still hold an erased id (fix them, then run erase again)")
+    console.print("verified: no erased id in a customer-id column of the data directory or the MLflow store, "
+                  "nor in the online store" + (" (see the possible traces above)" if report.traces else ""))
 
 
 api_key_app = typer.Typer(help="API keys of the endpoint: create (shown once), list, revoke.", no_args_is_help=True)

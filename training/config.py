@@ -161,6 +161,11 @@ class Config:
     models: ModelSettings = field(default_factory=ModelSettings)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     seed: int = 42
+    workers: int = 0  # endpoint worker processes; 0: one per core
+
+    @property
+    def server_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
 
     @property
     def mlflow_store(self) -> Path:
@@ -188,8 +193,8 @@ class Config:
 
 
 PROFILES = ("embedded", "production")
-# What the production profile reads from the environment (never from a committed file: these
-# hold hosts and passwords). Required ones first.
+# What the production profile reads from the environment, or from a settings file where they
+# hold no password (``_with_settings_file``). Required ones first.
 PRODUCTION_ENV = {
     "INDICATORS_REDIS": "the Redis online store, as Feast takes it: host:port[,password=...,ssl=true]",
     "INDICATORS_FEAST_REGISTRY": "the Feast registry, a SQLAlchemy URL (postgresql+psycopg://user:pass@host/db)",
@@ -212,7 +217,7 @@ def config_from_env(
     ``data_dir`` / ``mlflow_dir`` (command-line options) win over ``INDICATORS_DATA_DIR`` /
     ``INDICATORS_MLFLOW_DIR``; without either, the data directory is ``data/`` and the MLflow
     store the one it owns (``owned_mlflow_dir``). ``INDICATORS_UNKNOWN_CONSENT`` sets the
-    consent policy. ``INDICATORS_PROFILE`` picks the stores: ``embedded`` (the default: SQLite
+    consent policy, ``INDICATORS_WORKERS`` the endpoint's worker processes (default: cores). ``INDICATORS_PROFILE`` picks the stores: ``embedded`` (the default: SQLite
     online store, file registry, SQLite MLflow) or ``production`` (Redis, Feast registry and
     MLflow in PostgreSQL, from ``PRODUCTION_ENV``). ``settings`` are further ``Config`` fields.
     The same variables may come from a settings file (``INDICATORS_SETTINGS``), the
@@ -223,13 +228,16 @@ def config_from_env(
     mlflow_store = mlflow_dir if mlflow_dir is not None else env.get("INDICATORS_MLFLOW_DIR") or None
     scoring = ScoringSettings(unknown_consent=(env.get("INDICATORS_UNKNOWN_CONSENT") or "score").strip().lower())
     given = {key: value for key, value in settings.items() if value is not None}  # None: not given
-    profile = {"scoring": scoring, **_profile_settings(env), **given}
+    workers = (env.get("INDICATORS_WORKERS") or "0").strip()
+    if not workers.isdigit():
+        raise ConfigError(f"INDICATORS_WORKERS must be a whole number (0: one per core), got {workers!r}")
+    profile = {"scoring": scoring, "workers": int(workers), **_profile_settings(env), **given}
     return Config(data_dir=Path(data), mlflow_dir=Path(mlflow_store) if mlflow_store else None, **profile)
 
 
 SETTINGS_FILE_ENV = "INDICATORS_SETTINGS"
 SETTINGS_KEYS = (
-    "INDICATORS_PROFILE", "INDICATORS_DATA_DIR", "INDICATORS_MLFLOW_DIR", "INDICATORS_UNKNOWN_CONSENT",
+    "INDICATORS_PROFILE", "INDICATORS_DATA_DIR", "INDICATORS_MLFLOW_DIR", "INDICATORS_UNKNOWN_CONSENT", "INDICATORS_WORKERS",
     *PRODUCTION_ENV, *PRODUCTION_OPTIONAL_ENV,
 )
 
@@ -246,8 +254,14 @@ def _with_settings_file(env: Any) -> Any:
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {unknown}; known: {list(SETTINGS_KEYS)}")
     for key, value in loaded.items():
+        if value is None or isinstance(value, dict | list):
+            raise ConfigError(f"{path}: {key} needs a value (text)")
         text = str(value)
-        if "password=" in text.lower() or ("://" in text and urlsplit(text).password):
+        try:
+            has_password = "password=" in text.lower() or ("://" in text and urlsplit(text).password is not None)
+        except ValueError as error:
+            raise ConfigError(f"{path}: {key} is not a valid URL: {error}") from None
+        if has_password:
             raise ConfigError(f"{path}: {key} holds a password; passwords come from the environment only (set {key} there)")
     return {**{key: str(value) for key, value in loaded.items()}, **env}
 

@@ -52,3 +52,43 @@ def test_every_route_but_health_and_readiness_needs_a_scope() -> None:
     assert required_scope("/events") == "events:write"
     for other in ("/metrics", "/docs.json", "/", "/anything", "/profile/get", "/livez/x"):
         assert required_scope(other) == "admin", other
+
+
+def _asgi_call(middleware, scope: dict) -> list[dict]:
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(middleware(scope, receive, send))
+    return sent
+
+
+def test_the_middleware_refuses_two_keys_websockets_and_a_short_environment_key(tmp_path, monkeypatch) -> None:
+    from serving.access import ApiKeyMiddleware
+
+    monkeypatch.delenv("INDICATORS_API_KEY", raising=False)
+    store = KeyStore(tmp_path / "api_keys.json")
+    key, _ = store.create("app", ["profiles:read"])
+    reached: list[str] = []
+
+    async def app(scope, receive, send) -> None:
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    middleware = ApiKeyMiddleware(app, keys_file=tmp_path / "api_keys.json")
+    one = [(b"authorization", f"Bearer {key}".encode())]
+    assert _asgi_call(middleware, {"type": "http", "path": "/profile", "headers": one})[0]["status"] == 200
+    twice = [*one, (b"authorization", b"Bearer other")]
+    assert _asgi_call(middleware, {"type": "http", "path": "/profile", "headers": twice})[0]["status"] == 401
+    lower = [(b"authorization", f"bearer {key}".encode())]
+    assert _asgi_call(middleware, {"type": "http", "path": "/profile", "headers": lower})[0]["status"] == 200
+    assert _asgi_call(middleware, {"type": "websocket", "path": "/profile", "headers": one}) == [{"type": "websocket.close", "code": 1008}]
+    assert reached == ["/profile", "/profile"]
+    with pytest.raises(AccessError, match="at least 32 characters"):
+        ApiKeyMiddleware(app, keys_file=tmp_path / "api_keys.json", extra_key="short")

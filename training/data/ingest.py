@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from training.config import Paths
-from training.data.erasure import Suppression
 from training.data.schemas import (
     BOOLEAN_CUSTOMER_COLUMNS,
     OPTIONAL_COLUMNS,
@@ -34,6 +33,7 @@ from training.data.schemas import (
     SCHEMAS,
     UTC_TIMESTAMP,
 )
+from training.data.suppression import Suppression, SuppressionKeyError, data_lock
 
 TIMESTAMP_COLUMN = {"transactions": "timestamp", "events": "timestamp", "customers": "signup_at"}
 ID_COLUMNS = ("customer_id", "order_id", "product_id")
@@ -379,8 +379,18 @@ def ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> li
     """Import ``sources`` (table name -> file) into ``paths.raw``; quarantine bad rows.
 
     All tables are read and checked before anything is written (a missing column anywhere
-    stops the whole import), then each table is replaced atomically.
+    stops the whole import), then each table is replaced atomically. Rows of erased customers
+    are dropped first. The data directory's lock is held throughout, so an erasure waits
+    for the import to finish, or the import for the erasure.
     """
+    with data_lock(paths):
+        try:
+            return _ingest(paths, sources, options)
+        except SuppressionKeyError as error:
+            raise IngestError(str(error)) from error
+
+
+def _ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> list[TableReport]:
     unknown = set(sources) - set(REQUIRED_COLUMNS)
     if unknown:
         raise IngestError(f"unknown table(s): {sorted(unknown)}")
@@ -470,6 +480,11 @@ def _rename(table: str, source: pd.DataFrame, columns: dict[str, str]) -> pd.Dat
             f"file has {', '.join(map(str, source.columns))} (map names with --column CANONICAL=NAME)"
         )
     return frame
+
+
+def canonical_ids(values: pd.Series) -> pd.Series:
+    """Customer ids as the import stores them (trimmed text; ``17850.0`` as ``17850``)."""
+    return _read_ids(values, "customer_id")[0]
 
 
 def _read_ids(values: pd.Series, column: str) -> tuple[pd.Series, list[str]]:

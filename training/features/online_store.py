@@ -174,13 +174,24 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
         conn = self._get_conn(config)
         deleted = 0
         with conn:
-            existing = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            for view in views:
-                for table in (_tables(config, view)[0], _feasts_table(config, view)):
-                    if table in existing:
-                        cursor = conn.executemany(f"DELETE FROM {_quote_id(table)} WHERE entity_key = ?", [(k,) for k in entity_keys])
-                        deleted += cursor.rowcount
+            for table in self._key_tables(conn, config, views):
+                deleted += conn.executemany(f"DELETE FROM {table} WHERE entity_key = ?", [(k,) for k in entity_keys]).rowcount
         return deleted
+
+    def count_entity_keys(self, config: RepoConfig, views: Sequence[FeatureView], entity_keys: list[bytes]) -> int:
+        conn = self._get_conn(config)
+        marks = ",".join("?" * len(entity_keys))
+        return sum(
+            conn.execute(f"SELECT count(*) FROM {table} WHERE entity_key IN ({marks})", entity_keys).fetchone()[0]
+            for table in self._key_tables(conn, config, views)
+        ) if entity_keys else 0
+
+    @staticmethod
+    def _key_tables(conn: sqlite3.Connection, config: RepoConfig, views: Sequence[FeatureView]) -> list[str]:
+        """The quoted tables holding the views' rows, in this layout and Feast's."""
+        existing = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        names = [name for view in views for name in (_tables(config, view)[0], _feasts_table(config, view))]
+        return [_quote_id(name) for name in names if name in existing]
 
     def online_write_batch(
         self,

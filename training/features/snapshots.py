@@ -15,6 +15,7 @@ import duckdb
 
 import feature_repo
 from training.config import Paths, as_utc
+from training.data.suppression import data_lock
 
 SQL_DIR = Path(feature_repo.__file__).resolve().parent / "sql"
 SNAPSHOT_VIEWS = {"customer_transactions": "transactions.sql", "customer_behaviour": "behaviour.sql"}
@@ -126,8 +127,14 @@ def build_snapshots(
 ) -> dict[str, Path]:
     """Write ``features/<view>.parquet`` for every snapshot view and the profile view.
 
-    Each file is built under a temporary name and renamed, so readers never see a partial file.
+    Each file is built under a temporary name and renamed, so readers never see a partial
+    file; the data directory's lock is held, so an erasure never runs in between.
     """
+    with data_lock(paths):
+        return _build_snapshots(paths, cutoffs, on_step)
+
+
+def _build_snapshots(paths: Paths, cutoffs: Sequence[datetime], on_step: Callable[[str], None] | None) -> dict[str, Path]:
     cutoffs = sorted({as_utc(c) for c in cutoffs})
     paths.features.mkdir(parents=True, exist_ok=True)
     con = connect(paths)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -31,6 +32,7 @@ from feature_repo.feature_views import (
 )
 from feature_repo.on_demand_views import customer_recency, request_time
 from training.config import Config, Paths
+from training.data.suppression import data_lock
 from training.features import online_store
 
 DEFAULT_SERVICE = customer_indicators_v1.name
@@ -96,7 +98,13 @@ def apply(store: FeatureStore, paths: Paths) -> None:
 
 
 def write_latest_online(store: FeatureStore, paths: Paths) -> dict[str, int]:
-    """Write each customer's latest snapshot of every batch view to the online store."""
+    """Write each customer's latest snapshot of every batch view to the online store (under
+    the data directory's lock, as every writer of customer rows)."""
+    with data_lock(paths):
+        return _write_latest_online(store, paths)
+
+
+def _write_latest_online(store: FeatureStore, paths: Paths) -> dict[str, int]:
     written: dict[str, int] = {}
     for view in BATCH_VIEWS:
         source_file = paths.features / Path(view.batch_source.path).name
@@ -134,30 +142,52 @@ def write_online(store: FeatureStore, view_name: str, frame: pd.DataFrame) -> No
                 store.write_to_online_store(view_name, chunk)
 
 
-def erase_online(store: FeatureStore, customer_ids: list[str]) -> int:
-    """Delete the customers from the online store, every view; returns the rows (SQLite) or
-    keys (Redis: one hash per customer) deleted."""
+def _entity_keys(store: FeatureStore, customer_ids: list[str]) -> list[bytes]:
     from feast.infra.key_encoding_utils import serialize_entity_key
-    from feast.infra.online_stores.redis import RedisOnlineStore
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
     from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
     version = store.config.entity_key_serialization_version
-    keys = [
+    return [
         serialize_entity_key(
             EntityKeyProto(join_keys=[customer.join_key], entity_values=[ValueProto(string_val=cid)]),
             entity_key_serialization_version=version,
         )
         for cid in customer_ids
     ]
+
+
+def _redis(store: FeatureStore) -> Any:
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    online = store._get_provider().online_store
+    return online._get_client(store.config.online_store) if isinstance(online, RedisOnlineStore) else None
+
+
+def supports_erasure(store: FeatureStore) -> bool:
+    """Whether ``erase_online`` can delete from this store: the embedded SQLite one or Redis."""
+    return isinstance(store._get_provider().online_store, online_store.LeanSqliteOnlineStore) or _redis(store) is not None
+
+
+def erase_online(store: FeatureStore, customer_ids: list[str]) -> int:
+    """Delete the customers from the online store, every view; returns the rows (SQLite) or
+    keys (Redis: one hash per customer) deleted."""
+    keys = _entity_keys(store, customer_ids)
     online = store._get_provider().online_store
     if isinstance(online, online_store.LeanSqliteOnlineStore):
         return online.delete_entity_keys(store.config, store.list_feature_views(), keys)
-    if isinstance(online, RedisOnlineStore):
-        client = online._get_client(store.config.online_store)
-        project = store.config.project.encode()
-        return int(client.delete(*[key + project for key in keys])) if keys else 0
-    raise NotImplementedError(f"erasure from a {type(online).__name__} online store")
+    project = store.config.project.encode()
+    return int(_redis(store).delete(*[key + project for key in keys])) if keys else 0  # Feast's key: entity key, project
+
+
+def online_rows(store: FeatureStore, customer_ids: list[str]) -> int:
+    """How many online rows (SQLite) or hashes (Redis) the customers still have."""
+    keys = _entity_keys(store, customer_ids)
+    online = store._get_provider().online_store
+    if isinstance(online, online_store.LeanSqliteOnlineStore):
+        return online.count_entity_keys(store.config, store.list_feature_views(), keys)
+    project = store.config.project.encode()
+    return int(_redis(store).exists(*[key + project for key in keys])) if keys else 0
 
 
 def service(store: FeatureStore, name: str = DEFAULT_SERVICE) -> FeatureService:

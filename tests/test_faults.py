@@ -1,0 +1,212 @@
+"""Faults: `kill -9` in the middle of each command, and the online store going away.
+
+After a kill, the next run succeeds, the raw data is as before (every write is a rename of a
+finished file), a killed `train` leaves the champions as they were, and no customer's online
+prediction row mixes two runs. A Redis the test started itself on its own port is stopped
+under a running endpoint: requests get 503 with a message, and the endpoint serves again,
+without a restart, once Redis is back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from tests.conftest import API_KEY, AUTH
+
+INDICATORS = str(Path(sys.executable).with_name("indicators"))
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.parquet"))}
+
+
+def _killed(args: list[str], env: dict, after: str, timeout: float = 300) -> str:
+    """Start ``indicators ARGS``, SIGKILL it once ``after`` appears in its output (it is still
+    working then); return what it printed."""
+    process = subprocess.Popen([INDICATORS, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    deadline = time.monotonic() + timeout
+    for line in process.stdout:
+        seen.append(line)
+        if after in line or time.monotonic() > deadline:
+            break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "".join(seen)
+    return "".join(seen)
+
+
+def _run(args: list[str], env: dict) -> str:
+    result = subprocess.run([INDICATORS, *args], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def world(trained, tmp_path_factory):
+    """A copy of the trained world, scored, for commands to be killed in."""
+    config, _ = trained
+    root = tmp_path_factory.mktemp("faults") / "data"
+    shutil.copytree(config.data_dir, root)
+    env = {**os.environ, "INDICATORS_DATA_DIR": str(root), "INDICATORS_MLFLOW_DIR": str(root / "mlflow"), "COLUMNS": "200"}
+    _run(["score"], env)
+    return root, env
+
+
+def test_a_killed_import_leaves_the_raw_tables_as_they_were(world, tmp_path: Path) -> None:
+    root, env = world
+    big = tmp_path / "big.csv"
+    rows = 400_000
+    pd.DataFrame({
+        "customer_id": [f"K{i % 50_000:07d}" for i in range(rows)],
+        "timestamp": pd.date_range("2024-01-01", periods=rows, freq="min").strftime("%Y-%m-%d %H:%M:%S"),
+        "amount": 10.0,
+    }).to_csv(big, index=False)
+    before = _digests(root / "raw")
+    process = subprocess.Popen([INDICATORS, "ingest", "--transactions", str(big), "--as-of", "2100-01-01"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2.0)  # reading and checking 400,000 rows: well before the rename
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert _digests(root / "raw") == before
+    small = tmp_path / "one.csv"
+    pd.DataFrame({"customer_id": ["K0000001"], "timestamp": ["2024-01-02"], "amount": [5.0]}).to_csv(small, index=False)
+    assert "import summary" in _run(["ingest", "--transactions", str(small), "--as-of", "2100-01-01"], env)
+
+
+def test_a_killed_feature_build_leaves_whole_files_and_the_next_run_succeeds(world) -> None:
+    root, env = world
+    _killed(["features"], env, after="snapshots at")  # the snapshots are written, the online write is not
+    for path in (root / "features").glob("*.parquet"):
+        pd.read_parquet(path)  # every file is whole: written under another name, then renamed
+    assert "online store" in _run(["features"], env)
+
+
+def test_a_killed_scoring_leaves_no_customer_with_two_runs_scores(world) -> None:
+    from training.config import config_from_env
+    from training.features import store as feature_store
+
+    root, env = world
+    process = subprocess.Popen([INDICATORS, "score"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(4.0)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    scores = pd.read_parquet(root / "predictions" / "scores.parquet")  # whole: renamed when done
+    config = config_from_env(root, root / "mlflow", environ={})
+    store = feature_store.feature_store(config)
+    ids = scores["customer_id"].head(200).tolist()
+    online = store.get_online_features(
+        ["customer_predictions:p_churn", "customer_predictions:expected_revenue", "customer_predictions:model_versions"],
+        [{"customer_id": c} for c in ids],
+    ).to_df()
+    filled = online[["p_churn", "expected_revenue", "model_versions"]].notna()
+    assert (filled.all(axis=1) | ~filled.any(axis=1)).all()  # a customer's row is whole or absent, never half
+    _run(["score"], env)
+
+
+@pytest.mark.slow
+def test_a_killed_training_leaves_the_champions_and_the_next_run_succeeds(world) -> None:
+    from mlflow import MlflowClient
+
+    root, env = world
+    tracking = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+
+    def champions() -> dict[str, str]:
+        client = MlflowClient(tracking_uri=tracking)
+        return {m.name: m.aliases.get("champion") for m in client.search_registered_models()}
+
+    before = champions()
+    args = ["train", "--trials", "1", "--set", "models.max_rounds=60", "--set", "models.timeout_seconds=20"]
+    _killed(args, env, after="purchase timing fitted")
+    assert champions() == before
+    _run(args, env)
+
+
+def _free_port() -> int:
+    from serving.server import free_port
+
+    return free_port()
+
+
+@pytest.fixture()
+def own_redis(tmp_path: Path):
+    """A redis-server of this test's own on a free port (never the machine's)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--appendonly", "yes",
+             "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            try:
+                import redis
+
+                redis.Redis(port=port).ping()
+                return process
+            except Exception:  # not up yet
+                time.sleep(0.1)
+        raise RuntimeError("redis-server did not start")
+
+    state = {"process": start()}
+
+    def stop() -> None:
+        state["process"].kill()
+        state["process"].wait()
+
+    def restart() -> None:
+        state["process"] = start()
+
+    yield port, stop, restart
+    stop()
+
+
+def test_the_endpoint_answers_503_while_redis_is_down_and_recovers_without_a_restart(trained, own_redis, tmp_path) -> None:
+    from dataclasses import replace
+
+    from serving.server import ServerFailed, running_server
+    from training.config import FeastSettings
+    from training.features import store as feature_store
+
+    port, stop, restart = own_redis
+    config, _ = trained
+    root = tmp_path / "data"
+    shutil.copytree(config.data_dir, root)
+    registry = f"sqlite:///{root / 'feast' / 'registry-sql.db'}"
+    feast = FeastSettings(project="faults", online_store="redis", redis_connection=f"127.0.0.1:{port}", registry="sql",
+                          registry_path=registry)
+    on_redis = replace(config, data_dir=root, mlflow_dir=config.mlflow_store, feast=feast)
+    store = feature_store.feature_store(on_redis)
+    feature_store.apply(store, on_redis.paths)
+    feature_store.write_latest_online(store, on_redis.paths)
+    customer = pd.read_parquet(root / "features" / "customer_profile.parquet")["customer_id"].iloc[0]
+    env = {"INDICATORS_PROFILE": "production", "INDICATORS_REDIS": f"127.0.0.1:{port}",
+           "INDICATORS_FEAST_REGISTRY": registry,
+           "INDICATORS_MLFLOW_TRACKING_URI": on_redis.mlflow_tracking_uri, "INDICATORS_FEAST_PROJECT": "faults"}
+    ask = {"customer_ids": [customer], "reasons": 0}
+    try:
+        with running_server(on_redis, api_key=API_KEY, environ=env) as url:
+            assert httpx.post(f"{url}/profile", json=ask, headers=AUTH, timeout=30).status_code == 200
+            time.sleep(1.5)  # Redis appends to its log every second: what was written survives the kill
+            stop()
+            down = httpx.post(f"{url}/profile", json=ask, headers=AUTH, timeout=60)
+            assert down.status_code == 503 and "online feature store unavailable" in down.json()["error"]
+            restart()
+            back = httpx.post(f"{url}/profile", json=ask, headers=AUTH, timeout=60)
+            assert back.status_code == 200 and back.json()["profiles"][0]["customer_id"] == customer
+    except ServerFailed as error:
+        pytest.fail(str(error))
