@@ -120,7 +120,7 @@ def load_test(data_dir: Path | None, seconds: float, alone_seconds: float, small
     return {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
-        "workers": config.workers,
+        "workers": config.server_workers,
         "clients": {"one_customer": small, "hundred_customers": large},
         "seconds": {"alone": alone_seconds, "mixed": seconds},
         "alone": alone,

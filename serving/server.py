@@ -6,6 +6,7 @@ the process on exit, so nothing outlives the caller.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -37,7 +38,7 @@ SERVICE = "CustomerIndicators"
 
 def server_environment(config: Config) -> dict[str, str]:
     """What ``bentoml serve`` takes from the config: its number of worker processes."""
-    return {"BENTOML_CONFIG_OPTIONS": f"services.{SERVICE}.workers={config.server_workers}"}
+    return {"BENTOML_CONFIG_OVERRIDES": json.dumps({"services": {SERVICE: {"workers": config.server_workers}}})}
 
 
 @contextmanager

@@ -9,7 +9,10 @@ refuses to start with a clear message when either is missing.
 
 from __future__ import annotations
 
+import fcntl
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -50,6 +53,8 @@ def _frame(values: dict[str, list]) -> pd.DataFrame:
 # A request's as_of may lie this far past the later of now and the features' time: beyond,
 # recency extrapolates past anything the models saw.
 MAX_AHEAD = timedelta(days=365)
+# A /profile call of this many customers with reasons is a bulk call (``bulk_lane``).
+BULK_CUSTOMERS = 20
 TYPICAL_QUANTILES = (0.001, 0.999)  # /score flags values outside the middle 99.8% of stored customers
 JSON_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 422, 503)}
 
@@ -134,7 +139,8 @@ class CustomerIndicators:
         consent = may_score(values["profiling_consent"], self.unknown_consent).tolist()
         keep = [i for i, (f, c) in enumerate(zip(found, consent, strict=True)) if f and c]
         scored = values if len(keep) == len(ids) else {name: [column[i] for i in keep] for name, column in values.items()}
-        profiles = self.champions.score(_frame(scored), moment, reasons=reasons) if keep else []
+        bulk = len(keep) >= BULK_CUSTOMERS and reasons > 0  # its reasons on one core (see ``profile_route``)
+        profiles = self.champions.score(_frame(scored), moment, reasons=reasons, parallel=not bulk) if keep else []
         return {
             "profiles": profiles,
             "not_found": [cid for cid, f in zip(ids, found, strict=True) if not f],
@@ -145,7 +151,12 @@ class CustomerIndicators:
     def profile_route(self, request: ProfileRequest) -> guard.FiniteJSONResponse:
         """Every indicator, segments, top reasons, model versions and feature time per customer;
         unknown ids and customers who may not be profiled are listed, not scored."""
-        return guard.FiniteJSONResponse(self.profile(request.customer_ids, request.as_of, request.reasons))
+        if len(request.customer_ids) < BULK_CUSTOMERS or not request.reasons:
+            return guard.FiniteJSONResponse(self.profile(request.customer_ids, request.as_of, request.reasons))
+        # A bulk call with reasons, read to rendered, one at a time across the workers and on
+        # one core: with every core on bulk SHAP, one-customer calls waited behind it.
+        with bulk_lane(self.config.paths):
+            return guard.FiniteJSONResponse(self.profile(request.customer_ids, request.as_of, request.reasons))
 
     def score(self, features: dict[str, Any]) -> dict[str, Any]:
         """What-if: the indicators for a feature payload (missing features are unknown)."""
@@ -245,6 +256,14 @@ class CustomerIndicators:
             "tracking_uri": _without_password(self.config.mlflow_tracking_uri),
             "segments": {"value_tiers": self.champions.value_tiers, "churn_bands": "low < 0.3 <= medium < 0.6 <= high"},
         }
+
+
+@contextmanager
+def bulk_lane(paths: Any) -> Iterator[None]:
+    """Exclusive across this data directory's workers: one bulk call at a time."""
+    with open(paths.data_dir / ".bulk-lane.lock", "w") as lane:
+        fcntl.flock(lane, fcntl.LOCK_EX)
+        yield
 
 
 def _without_password(url: str) -> str:

@@ -145,6 +145,18 @@ def test_ingest_train_score_serve_on_the_production_profile(production_env, tmp_
                 response = httpx.post(f"{url}/profile", json={"customer_ids": customers, "as_of": "2026-10-31T00:00:00Z"}, headers=AUTH, timeout=60)
                 assert response.status_code == 200, response.text
                 answers.append(response.json()["profiles"])
+            # Reads go on while a batch writes to Redis: every request answered in full.
+            import subprocess
+            import sys
+
+            batch = subprocess.Popen([str(Path(sys.executable).with_name("indicators")), "score"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            during = []
+            while batch.poll() is None:
+                response = httpx.post(f"{first}/profile", json={"customer_ids": customers, "reasons": 0}, headers=AUTH, timeout=60)
+                during.append((response.status_code, len(response.json().get("profiles", []))))
+            assert batch.returncode == 0, batch.stderr.read()[-2000:]
+            assert during and all(answer == (200, len(customers)) for answer in during), during
     except ServerFailed as error:
         pytest.fail(str(error))
     assert [p["customer_id"] for p in answers[0]] == customers

@@ -217,3 +217,18 @@ def test_start_fails_fast_when_the_online_store_holds_no_features(trained, tmp_p
     monkeypatch.setenv("INDICATORS_MLFLOW_DIR", str(config.mlflow_store))
     with pytest.raises(StoreNotWritten, match="make train"):
         CustomerIndicators.inner()
+
+
+def test_a_bulk_call_answers_what_single_calls_answer(client, trained) -> None:
+    """Bulk calls with reasons take the one-core lane (``bulk_lane``): the same numbers and reasons."""
+    from serving.service import BULK_CUSTOMERS
+
+    ids = _ids(trained, True, BULK_CUSTOMERS + 5)
+    bulk = client.post("/profile", json={"customer_ids": ids, "reasons": 3}).json()["profiles"]
+    single = [client.post("/profile", json={"customer_ids": [c], "reasons": 3}).json()["profiles"][0] for c in ids]
+    assert len(bulk) == len(ids)
+    for one, many in zip(single, bulk, strict=True):
+        assert one["customer_id"] == many["customer_id"] and one["segments"] == many["segments"]
+        assert one["indicators"] == pytest.approx(many["indicators"], rel=1e-9, nan_ok=True)
+        for indicator, reasons in one["reasons"].items():
+            assert [r["feature"] for r in reasons] == [r["feature"] for r in many["reasons"][indicator]]
