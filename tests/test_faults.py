@@ -210,3 +210,76 @@ def test_the_endpoint_answers_503_while_redis_is_down_and_recovers_without_a_res
             assert back.status_code == 200 and back.json()["profiles"][0]["customer_id"] == customer
     except ServerFailed as error:
         pytest.fail(str(error))
+
+
+@pytest.fixture()
+def own_postgres():
+    """A PostgreSQL of this test's own (initdb, pg_ctl) on a free port, never the machine's."""
+    import tempfile
+
+    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+        pytest.skip("initdb/pg_ctl are not installed")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root
+    home = Path(tempfile.mkdtemp(prefix="indicators-pg-"))
+    if as_postgres:
+        shutil.chown(home, "postgres")
+    port = _free_port()
+    cluster = home / "cluster"
+    subprocess.run([*as_postgres, "initdb", "-D", str(cluster), "-U", "postgres", "--auth=trust"], check=True,
+                   capture_output=True)
+    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
+
+    def start() -> None:
+        subprocess.run([*as_postgres, "pg_ctl", "-D", str(cluster), "-o", options, "-l", str(home / "log"), "-w", "start"],
+                       check=True, capture_output=True)
+
+    def stop() -> None:
+        subprocess.run([*as_postgres, "pg_ctl", "-D", str(cluster), "-m", "immediate", "-w", "stop"], capture_output=True)
+
+    start()
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", stop, start
+    finally:
+        stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_the_endpoint_serves_from_its_registry_copy_while_postgresql_is_down(trained, own_redis, own_postgres, tmp_path) -> None:
+    """PostgreSQL holds the Feast registry; features come from Redis. With the database away
+    the endpoint keeps answering from its copy of the registry (past its refresh time), and
+    picks the database up again when it is back."""
+    from dataclasses import replace
+
+    from serving.server import ServerFailed, running_server
+    from training.config import FeastSettings
+    from training.features import store as feature_store
+
+    redis_port, _, _ = own_redis
+    registry, stop_postgres, start_postgres = own_postgres
+    config, _ = trained
+    root = tmp_path / "data"
+    shutil.copytree(config.data_dir, root)
+    feast = FeastSettings(project="pgdown", online_store="redis", redis_connection=f"127.0.0.1:{redis_port}", registry="sql",
+                          registry_path=registry, registry_cache_seconds=1)
+    on_postgres = replace(config, data_dir=root, mlflow_dir=config.mlflow_store, feast=feast)
+    store = feature_store.feature_store(on_postgres)
+    feature_store.apply(store, on_postgres.paths)
+    feature_store.write_latest_online(store, on_postgres.paths)
+    customer = pd.read_parquet(root / "features" / "customer_profile.parquet")["customer_id"].iloc[0]
+    env = {"INDICATORS_PROFILE": "production", "INDICATORS_REDIS": f"127.0.0.1:{redis_port}",
+           "INDICATORS_FEAST_REGISTRY": registry, "INDICATORS_MLFLOW_TRACKING_URI": on_postgres.mlflow_tracking_uri,
+           "INDICATORS_FEAST_PROJECT": "pgdown", "INDICATORS_FEAST_REGISTRY_CACHE_SECONDS": "1"}
+    ask = {"customer_ids": [customer], "reasons": 0}
+    try:
+        with running_server(on_postgres, api_key=API_KEY, environ=env) as url:
+            assert httpx.post(f"{url}/profile", json=ask, headers=AUTH, timeout=30).status_code == 200
+            stop_postgres()
+            time.sleep(2.5)  # past the registry's refresh time: the refresh fails
+            for _ in range(3):
+                down = httpx.post(f"{url}/profile", json=ask, headers=AUTH, timeout=60)
+                assert down.status_code == 200 and down.json()["profiles"][0]["customer_id"] == customer, down.text
+            start_postgres()
+            time.sleep(1.5)
+            assert httpx.post(f"{url}/profile", json=ask, headers=AUTH, timeout=60).status_code == 200
+    except ServerFailed as error:
+        pytest.fail(str(error))

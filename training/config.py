@@ -95,6 +95,9 @@ class FeastSettings:
     redis_connection: str = "127.0.0.1:6379"
     registry: str = "file"  # or "sql"
     registry_path: str | None = None  # SQLAlchemy URL when registry == "sql"
+    # A running endpoint re-reads the registry this often; meanwhile, and while the registry's
+    # database is away, it serves from its copy.
+    registry_cache_seconds: int = 60
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,7 @@ PRODUCTION_ENV = {
 PRODUCTION_OPTIONAL_ENV = {
     "INDICATORS_MLFLOW_ARTIFACTS": "where MLflow keeps artifacts (a path or s3://...; default <mlflow dir>/artifacts)",
     "INDICATORS_FEAST_PROJECT": "the Feast project, so data sets can share one Redis and registry (default customer_indicators)",
+    "INDICATORS_FEAST_REGISTRY_CACHE_SECONDS": "how often a running endpoint re-reads the registry (default 60)",
 }
 
 
@@ -278,7 +282,11 @@ def _profile_settings(env: Any) -> dict[str, Any]:
         raise ConfigError(
             "the production profile needs " + "; ".join(f"{name} ({PRODUCTION_ENV[name]})" for name in missing)
         )
+    cache = (env.get("INDICATORS_FEAST_REGISTRY_CACHE_SECONDS") or str(FeastSettings.registry_cache_seconds)).strip()
+    if not cache.isdigit():
+        raise ConfigError(f"INDICATORS_FEAST_REGISTRY_CACHE_SECONDS must be a whole number of seconds, got {cache!r}")
     feast = FeastSettings(
+        registry_cache_seconds=int(cache),
         project=env.get("INDICATORS_FEAST_PROJECT") or FeastSettings.project,
         online_store="redis",
         redis_connection=env["INDICATORS_REDIS"],

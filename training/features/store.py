@@ -48,9 +48,9 @@ def repo_config(config: Config) -> RepoConfig:
     if settings.registry == "sql":
         if not settings.registry_path:
             raise ValueError("feast.registry 'sql' needs feast.registry_path (a SQLAlchemy URL)")
-        registry = {"registry_type": "sql", "path": settings.registry_path, "cache_ttl_seconds": 60}
+        registry = {"registry_type": "sql", "path": settings.registry_path, "cache_ttl_seconds": settings.registry_cache_seconds}
     else:
-        registry = {"registry_type": "file", "path": str(paths.feast / "registry.db"), "cache_ttl_seconds": 60}
+        registry = {"registry_type": "file", "path": str(paths.feast / "registry.db"), "cache_ttl_seconds": settings.registry_cache_seconds}
     if settings.online_store == "redis":
         online = {"type": "redis", "connection_string": settings.redis_connection}
     else:
