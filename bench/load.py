@@ -31,6 +31,7 @@ from serving.server import running_server
 from training.config import config_from_env
 
 WARMUP_SECONDS = 10.0
+_RESULTS = threading.Lock()  # client threads add to shared results
 
 
 def _server_processes(url: str) -> list[psutil.Process]:
@@ -40,7 +41,7 @@ def _server_processes(url: str) -> list[psutil.Process]:
         cmdline = process.info["cmdline"] or []
         if "serve" in cmdline and port in cmdline:
             found += [process, *process.children(recursive=True)]
-    return found
+    return list({process.pid: process for process in found}.values())
 
 
 def _rss(processes: list[psutil.Process]) -> int:
@@ -66,8 +67,9 @@ def _client(url: str, key: str, ids: list[str], size: int, stop: float, seed: in
                 ok = False
             timings.append(time.perf_counter() - started)
             errors += not ok
-    out.setdefault("timings", []).extend(timings)
-    out["errors"] = out.get("errors", 0) + errors
+    with _RESULTS:
+        out.setdefault("timings", []).extend(timings)
+        out["errors"] = out.get("errors", 0) + errors
 
 
 def _summary(result: dict) -> dict:

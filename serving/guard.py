@@ -20,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.schemas import ErrorResponse
+from serving.schemas import OUT_OF_RANGE, ErrorResponse
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a 100,000-id lookalike seed is about 1.5 MB
 BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -96,7 +96,7 @@ class RequestGuard:
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        has_body = declared not in (None, b"0") or b"chunked" in headers.get(b"transfer-encoding", b"")
+        has_body = declared not in (None, b"0") or b"chunked" in headers.get(b"transfer-encoding", b"").lower()
         if has_body and not _is_json(headers.get(b"content-type", b"").decode("latin-1")):
             await send_error(send, 415, "send the body as JSON (Content-Type: application/json)")
             return
@@ -135,10 +135,12 @@ def _json_errors(send: Any) -> Any:
         nonlocal replaced
         if message["type"] == "http.response.start" and message["status"] >= 400:
             headers = message.get("headers") or []
-            if not dict(headers).get(b"content-type", b"").startswith(b"application/json"):
+            if not _is_json(dict(headers).get(b"content-type", b"").decode("latin-1")):
                 replaced = True
                 kept = [(k, v) for k, v in headers if k not in (b"content-type", b"content-length")]  # Allow: for a 405
-                await send_error(send, message["status"], HTTPStatus(message["status"]).phrase, kept)
+                status = message["status"]
+                phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+                await send_error(send, status, phrase, kept)
                 return
         if replaced:
             return  # the plain-text body it replaced
@@ -164,7 +166,8 @@ def install(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first["loc"] if p != "body")
         message = f"{where}: {first['msg']}" if where else first["msg"]
         more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
-        return JSONResponse({"error": message + more, "detail": detail}, status_code=400)
+        unservable = all(item["type"] == OUT_OF_RANGE for item in detail)  # well-formed, outside what is served
+        return JSONResponse({"error": message + more, "detail": detail}, status_code=422 if unservable else 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:

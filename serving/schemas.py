@@ -4,7 +4,7 @@ unknown fields rejected, and one error body for every client error (``ErrorRespo
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -19,6 +19,7 @@ from pydantic import (
     create_model,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from feature_repo.feature_views import BEHAVIOUR_FEATURES, PROFILE_FEATURES, TRANSACTION_FEATURES
 from feature_repo.on_demand_views import RECENCY_FEATURES
@@ -31,13 +32,26 @@ MAX_TEXT_LENGTH = 64  # a what-if payload's text features (region, age band, ...
 CustomerId = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
-def _iso_text(value: Any) -> Any:
+# Beyond, a moment is a typo (and pandas' times end in 2262). Well-formed, so a 422, not a 400.
+MOMENT_YEARS = (1900, 2200)
+OUT_OF_RANGE = "moment_out_of_range"
+
+
+def _iso_moment(value: Any) -> datetime:
+    """An ISO 8601 date-time string, read as UTC when it names no zone."""
     if not isinstance(value, str):
         raise ValueError("expected an ISO 8601 date-time string")
-    return value
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("expected an ISO 8601 date-time string, e.g. 2026-11-30T00:00:00Z") from None
+    if not MOMENT_YEARS[0] <= moment.year <= MOMENT_YEARS[1]:
+        raise PydanticCustomError(OUT_OF_RANGE, "expected a year between {low} and {high}",
+                                  {"low": MOMENT_YEARS[0], "high": MOMENT_YEARS[1]})
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-Moment = Annotated[datetime, BeforeValidator(_iso_text)]  # "2026-11-30T00:00:00Z", not a number
+Moment = Annotated[datetime, BeforeValidator(_iso_moment)]  # "2026-11-30T00:00:00Z", not a number
 
 
 def _not_bool_or_text(value: Any) -> Any:

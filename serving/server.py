@@ -37,8 +37,11 @@ SERVICE = "CustomerIndicators"
 
 
 def server_environment(config: Config) -> dict[str, str]:
-    """What ``bentoml serve`` takes from the config: its number of worker processes."""
-    return {"BENTOML_CONFIG_OVERRIDES": json.dumps({"services": {SERVICE: {"workers": config.server_workers}}})}
+    """What ``bentoml serve`` takes from the config: its number of worker processes, merged
+    into any BentoML overrides already in the environment."""
+    overrides = json.loads(os.environ.get("BENTOML_CONFIG_OVERRIDES") or "{}")
+    overrides.setdefault("services", {}).setdefault(SERVICE, {})["workers"] = config.server_workers
+    return {"BENTOML_CONFIG_OVERRIDES": json.dumps(overrides)}
 
 
 @contextmanager

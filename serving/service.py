@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import hashlib
+import os
+import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -86,10 +92,13 @@ class CustomerIndicators:
         self.reader = feature_store.OnlineReader.of(self.store)
         # One read at start: a store without the views' tables fails here, with what to run.
         self.reader.read(["startup-probe"], datetime.now(UTC))
-        # The time the stored features are current to: the default as_of, as `indicators score` uses.
-        self.features_time = data_end(self.config.paths)
+        self._features_lock = threading.Lock()
+        self._features_stamp: tuple[int, int] | None = None
+        self._features_time: datetime | None = None
+        self._latest_stamp()  # the features' time; without features or a raw log this stops the start
         self._population: pd.DataFrame | None = None
         self._population_stamp: tuple[int, int] | None = None
+        self._population_lock = threading.Lock()
         self._typical: dict[str, tuple[float, float]] | None = None
         self._set_value_tiers()
         # What was loaded lives as long as the service: out of the collector's sight, a full
@@ -106,16 +115,35 @@ class CustomerIndicators:
         else:
             self.champions.calibrate_tiers(self._latest_features())
 
+    @property
+    def features_time(self) -> datetime:
+        """The time the stored features are current to: the default as_of, as `indicators score`
+        uses. Read again when the features are rewritten (one stat a request)."""
+        self._latest_stamp()
+        return self._features_time
+
+    def _latest_stamp(self) -> tuple[int, int]:
+        profiles = self.config.paths.features / "customer_profile.parquet"
+        stat = profiles.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp != self._features_stamp:
+            with self._features_lock:
+                if stamp != self._features_stamp:
+                    self._features_time = data_end(self.config.paths)
+                    self._features_stamp = stamp
+        return stamp
+
     def _moment(self, as_of: datetime | None) -> datetime:
-        """The moment recency is measured to: ``as_of`` if it lies in the served range, else a 400."""
+        """The moment recency is measured to: ``as_of`` if it lies in the served range, else a 422."""
+        features_time = self.features_time
         if as_of is None:
-            return self.features_time
+            return features_time
         moment = as_utc(as_of)
-        latest = max(datetime.now(UTC), self.features_time) + MAX_AHEAD
-        if not self.features_time <= moment <= latest:
+        latest = max(datetime.now(UTC), features_time) + MAX_AHEAD
+        if not features_time <= moment <= latest:
             raise HTTPException(
                 422,
-                f"as_of must lie between {self.features_time.isoformat()} (the time the stored features are current "
+                f"as_of must lie between {features_time.isoformat()} (the time the stored features are current "
                 f"to: earlier moments would read later purchases) and {latest.isoformat()}; got {moment.isoformat()}",
             )
         return moment
@@ -226,25 +254,25 @@ class CustomerIndicators:
 
     def _typical_ranges(self) -> dict[str, tuple[float, float]]:
         """Per numeric feature, the middle 99.8% of the stored customers' values."""
-        population = self._latest_features()
-        if self._typical is None:
-            numbers = population.select_dtypes("number")
-            low, high = (numbers.quantile(q) for q in TYPICAL_QUANTILES)
-            self._typical = {c: (float(low[c]), float(high[c])) for c in numbers.columns if pd.notna(low[c])}
+        self._latest_features()
         return self._typical
 
     def _latest_features(self) -> pd.DataFrame:
-        """Every customer's latest features (the lookalike population), read again when the
-        features are rewritten (a new snapshot, an erasure)."""
-        paths = self.config.paths
-        profiles = paths.features / "customer_profile.parquet"
-        stamp = (profiles.stat().st_mtime_ns, profiles.stat().st_size)  # taken before the read: a rewrite after it is seen
-        if self._population is None or stamp != self._population_stamp:
-            self._population_stamp, self._typical = stamp, None
-            ids = pd.read_parquet(profiles, columns=["customer_id"])["customer_id"]
-            rows = pd.DataFrame({"customer_id": ids.sort_values().to_numpy(), "cutoff": pd.Timestamp(data_end(paths))})
-            self._population = features_at(self.store, rows)
-        return self._population
+        """Every customer's latest features (the lookalike population) and their typical ranges,
+        built again when the features are rewritten (a new snapshot, an erasure); one request
+        builds them while the others wait, and a failed build keeps the last."""
+        stamp = self._latest_stamp()  # taken before the read: a rewrite after it is seen
+        with self._population_lock:
+            if self._population is None or stamp != self._population_stamp:
+                paths = self.config.paths
+                ids = pd.read_parquet(paths.features / "customer_profile.parquet", columns=["customer_id"])["customer_id"]
+                rows = pd.DataFrame({"customer_id": ids.sort_values().to_numpy(), "cutoff": pd.Timestamp(self.features_time)})
+                population = features_at(self.store, rows)
+                numbers = population.select_dtypes("number")
+                low, high = (numbers.quantile(q) for q in TYPICAL_QUANTILES)
+                typical = {c: (float(low[c]), float(high[c])) for c in numbers.columns if pd.notna(low[c])}
+                self._population, self._typical, self._population_stamp = population, typical, stamp
+            return self._population
 
     @api.get("/metadata", responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
     def metadata(self) -> dict[str, Any]:
@@ -258,12 +286,35 @@ class CustomerIndicators:
         }
 
 
+BULK_WAIT_SECONDS = 30.0  # well inside the 60 s request timeout
+BULK_WAITING = threading.BoundedSemaphore(4)  # bulk calls of this worker in or before the lane
+
+
 @contextmanager
 def bulk_lane(paths: Any) -> Iterator[None]:
-    """Exclusive across this data directory's workers: one bulk call at a time."""
-    with open(paths.data_dir / ".bulk-lane.lock", "w") as lane:
-        fcntl.flock(lane, fcntl.LOCK_EX)
+    """One bulk call at a time across the workers serving this data directory. A call that
+    cannot enter within ``BULK_WAIT_SECONDS``, or finds four of this worker's bulk calls
+    already waiting, gets 503 with Retry-After: waiting calls would hold the threads that
+    one-customer calls need."""
+    busy = HTTPException(503, "too many bulk calls at once; retry, or ask for \"reasons\": 0", headers={"Retry-After": "5"})
+    if not BULK_WAITING.acquire(blocking=False):
+        raise busy
+    name = hashlib.sha256(str(paths.data_dir.resolve()).encode()).hexdigest()[:16]
+    fd = os.open(Path(tempfile.gettempdir()) / f"indicators-bulk-{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + BULK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise busy from None
+                time.sleep(0.005)
         yield
+    finally:
+        os.close(fd)  # releases the lock
+        BULK_WAITING.release()
 
 
 def _without_password(url: str) -> str:

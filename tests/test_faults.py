@@ -32,19 +32,41 @@ def _digests(directory: Path) -> dict[str, str]:
 
 
 def _killed(args: list[str], env: dict, after: str, timeout: float = 300) -> str:
-    """Start ``indicators ARGS``, SIGKILL it once ``after`` appears in its output (it is still
-    working then); return what it printed."""
-    process = subprocess.Popen([INDICATORS, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """Start ``indicators ARGS``, SIGKILL it (and anything it started) once ``after`` appears
+    in its output, so it is still working; return what it printed."""
+    process = subprocess.Popen([INDICATORS, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
     seen = []
     deadline = time.monotonic() + timeout
     for line in process.stdout:
         seen.append(line)
         if after in line or time.monotonic() > deadline:
             break
-    os.kill(process.pid, signal.SIGKILL)
+    return _kill(process, "".join(seen))
+
+
+def _kill(process: subprocess.Popen, output: str = "") -> str:
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert process.returncode == -signal.SIGKILL, "".join(seen)
-    return "".join(seen)
+    assert process.returncode == -signal.SIGKILL, f"it had finished: nothing was killed mid-way\n{output}"
+    return output
+
+
+def _kill_once_open(args: list[str], env: dict, name: str, timeout: float = 120) -> None:
+    """Start ``indicators ARGS`` and SIGKILL it once it holds a file named ``name`` open: past
+    start-up, in the middle of its work."""
+    process = subprocess.Popen([INDICATORS, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            targets = [os.readlink(f"/proc/{process.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{process.pid}/fd")]
+        except OSError:
+            targets = []
+        if any(Path(target).name.startswith(name) for target in targets):
+            break
+        time.sleep(0.01)
+    _kill(process)
 
 
 def _run(args: list[str], env: dict) -> str:
@@ -74,11 +96,7 @@ def test_a_killed_import_leaves_the_raw_tables_as_they_were(world, tmp_path: Pat
         "amount": 10.0,
     }).to_csv(big, index=False)
     before = _digests(root / "raw")
-    process = subprocess.Popen([INDICATORS, "ingest", "--transactions", str(big), "--as-of", "2100-01-01"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(2.0)  # reading and checking 400,000 rows: well before the rename
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    _kill_once_open(["ingest", "--transactions", str(big), "--as-of", "2100-01-01"], env, "big.csv")  # reading it
     assert _digests(root / "raw") == before
     small = tmp_path / "one.csv"
     pd.DataFrame({"customer_id": ["K0000001"], "timestamp": ["2024-01-02"], "amount": [5.0]}).to_csv(small, index=False)
@@ -98,14 +116,11 @@ def test_a_killed_scoring_leaves_no_customer_with_two_runs_scores(world) -> None
     from training.features import store as feature_store
 
     root, env = world
-    process = subprocess.Popen([INDICATORS, "score"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(4.0)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    _kill_once_open(["score"], env, "online_store.db")  # past the champions, before or in the online write
     scores = pd.read_parquet(root / "predictions" / "scores.parquet")  # whole: renamed when done
     config = config_from_env(root, root / "mlflow", environ={})
     store = feature_store.feature_store(config)
-    ids = scores["customer_id"].head(200).tolist()
+    ids = scores["customer_id"].tolist()
     online = store.get_online_features(
         ["customer_predictions:p_churn", "customer_predictions:expected_revenue", "customer_predictions:model_versions"],
         [{"customer_id": c} for c in ids],

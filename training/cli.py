@@ -444,7 +444,8 @@ def serve(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for a container).")] = "127.0.0.1",
     workers: Annotated[
-        int | None, typer.Option(envvar="INDICATORS_WORKERS", show_default="one per core", help="Worker processes.")
+        int | None,
+        typer.Option(min=0, envvar="INDICATORS_WORKERS", show_default="one per core", help="Worker processes (0: one per core)."),
     ] = None,
     data_dir: DataDir = None,
     mlflow_dir: MlflowDir = None,

@@ -168,7 +168,8 @@ class Config:
 
     @property
     def server_workers(self) -> int:
-        return self.workers or os.cpu_count() or 1
+        """``workers``, or one per core this process may use (a container's, not the host's)."""
+        return self.workers or len(os.sched_getaffinity(0)) or 1
 
     @property
     def mlflow_store(self) -> Path:

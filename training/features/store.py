@@ -176,8 +176,11 @@ def erase_online(store: FeatureStore, customer_ids: list[str]) -> int:
     online = store._get_provider().online_store
     if isinstance(online, online_store.LeanSqliteOnlineStore):
         return online.delete_entity_keys(store.config, store.list_feature_views(), keys)
+    client = _redis(store)
+    if client is None:
+        raise NotImplementedError(f"erasure from a {type(online).__name__} online store")
     project = store.config.project.encode()
-    return int(_redis(store).delete(*[key + project for key in keys])) if keys else 0  # Feast's key: entity key, project
+    return int(client.delete(*[key + project for key in keys])) if keys else 0  # Feast's key: entity key, project
 
 
 def online_rows(store: FeatureStore, customer_ids: list[str]) -> int:
@@ -186,8 +189,11 @@ def online_rows(store: FeatureStore, customer_ids: list[str]) -> int:
     online = store._get_provider().online_store
     if isinstance(online, online_store.LeanSqliteOnlineStore):
         return online.count_entity_keys(store.config, store.list_feature_views(), keys)
+    client = _redis(store)
+    if client is None:
+        raise NotImplementedError(f"reading rows of a {type(online).__name__} online store")
     project = store.config.project.encode()
-    return int(_redis(store).exists(*[key + project for key in keys])) if keys else 0
+    return int(client.exists(*[key + project for key in keys])) if keys else 0
 
 
 def service(store: FeatureStore, name: str = DEFAULT_SERVICE) -> FeatureService:
