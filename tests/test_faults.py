@@ -190,28 +190,38 @@ def own_redis(tmp_path: Path):
     stop()
 
 
-def test_the_endpoint_answers_503_while_redis_is_down_and_recovers_without_a_restart(trained, own_redis, tmp_path) -> None:
+def _production_world(trained, root: Path, redis_port: int, registry: str, refresh_seconds: int):
+    """A copy of the trained world on the production profile: features in the Redis on
+    ``redis_port``, the Feast registry at ``registry``, the trained MLflow store. Returns its
+    config, the endpoint's environment, and a customer it holds."""
     from dataclasses import replace
 
-    from serving.server import ServerFailed, running_server
     from training.config import FeastSettings
     from training.features import store as feature_store
 
-    port, stop, restart = own_redis
     config, _ = trained
-    root = tmp_path / "data"
     shutil.copytree(config.data_dir, root)
-    registry = f"sqlite:///{root / 'feast' / 'registry-sql.db'}"
-    feast = FeastSettings(project="faults", online_store="redis", redis_connection=f"127.0.0.1:{port}", registry="sql",
-                          registry_path=registry)
-    on_redis = replace(config, data_dir=root, mlflow_dir=config.mlflow_store, feast=feast)
-    store = feature_store.feature_store(on_redis)
-    feature_store.apply(store, on_redis.paths)
-    feature_store.write_latest_online(store, on_redis.paths)
+    project = f"faults_{redis_port}"
+    feast = FeastSettings(project=project, online_store="redis", redis_connection=f"127.0.0.1:{redis_port}", registry="sql",
+                          registry_path=registry, registry_cache_seconds=refresh_seconds)
+    on_production = replace(config, data_dir=root, mlflow_dir=config.mlflow_store, feast=feast)
+    store = feature_store.feature_store(on_production)
+    feature_store.apply(store, on_production.paths)
+    feature_store.write_latest_online(store, on_production.paths)
     customer = pd.read_parquet(root / "features" / "customer_profile.parquet")["customer_id"].iloc[0]
-    env = {"INDICATORS_PROFILE": "production", "INDICATORS_REDIS": f"127.0.0.1:{port}",
-           "INDICATORS_FEAST_REGISTRY": registry,
-           "INDICATORS_MLFLOW_TRACKING_URI": on_redis.mlflow_tracking_uri, "INDICATORS_FEAST_PROJECT": "faults"}
+    env = {"INDICATORS_PROFILE": "production", "INDICATORS_REDIS": f"127.0.0.1:{redis_port}",
+           "INDICATORS_FEAST_REGISTRY": registry, "INDICATORS_MLFLOW_TRACKING_URI": on_production.mlflow_tracking_uri,
+           "INDICATORS_FEAST_PROJECT": project, "INDICATORS_FEAST_REGISTRY_CACHE_SECONDS": str(refresh_seconds)}
+    return on_production, env, customer
+
+
+def test_the_endpoint_answers_503_while_redis_is_down_and_recovers_without_a_restart(trained, own_redis, tmp_path) -> None:
+
+    from serving.server import ServerFailed, running_server
+
+    port, stop, restart = own_redis
+    root = tmp_path / "data"
+    on_redis, env, customer = _production_world(trained, root, port, f"sqlite:///{root / 'feast' / 'registry-sql.db'}", 60)
     ask = {"customer_ids": [customer], "reasons": 0}
     try:
         with running_server(on_redis, api_key=API_KEY, environ=env) as url:
@@ -263,27 +273,12 @@ def test_the_endpoint_serves_from_its_registry_copy_while_postgresql_is_down(tra
     """PostgreSQL holds the Feast registry; features come from Redis. With the database away
     the endpoint keeps answering from its copy of the registry (past its refresh time), and
     picks the database up again when it is back."""
-    from dataclasses import replace
 
     from serving.server import ServerFailed, running_server
-    from training.config import FeastSettings
-    from training.features import store as feature_store
 
     redis_port, _, _ = own_redis
     registry, stop_postgres, start_postgres = own_postgres
-    config, _ = trained
-    root = tmp_path / "data"
-    shutil.copytree(config.data_dir, root)
-    feast = FeastSettings(project="pgdown", online_store="redis", redis_connection=f"127.0.0.1:{redis_port}", registry="sql",
-                          registry_path=registry, registry_cache_seconds=1)
-    on_postgres = replace(config, data_dir=root, mlflow_dir=config.mlflow_store, feast=feast)
-    store = feature_store.feature_store(on_postgres)
-    feature_store.apply(store, on_postgres.paths)
-    feature_store.write_latest_online(store, on_postgres.paths)
-    customer = pd.read_parquet(root / "features" / "customer_profile.parquet")["customer_id"].iloc[0]
-    env = {"INDICATORS_PROFILE": "production", "INDICATORS_REDIS": f"127.0.0.1:{redis_port}",
-           "INDICATORS_FEAST_REGISTRY": registry, "INDICATORS_MLFLOW_TRACKING_URI": on_postgres.mlflow_tracking_uri,
-           "INDICATORS_FEAST_PROJECT": "pgdown", "INDICATORS_FEAST_REGISTRY_CACHE_SECONDS": "1"}
+    on_postgres, env, customer = _production_world(trained, tmp_path / "data", redis_port, registry, 1)
     ask = {"customer_ids": [customer], "reasons": 0}
     try:
         with running_server(on_postgres, api_key=API_KEY, environ=env) as url:

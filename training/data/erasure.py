@@ -263,39 +263,22 @@ def _store_name(store: Any) -> str:
 # --- erasure ---------------------------------------------------------------------------------
 
 
-def _present(roots: list[Path], ids: set[str], online: Any) -> set[str]:
-    """The ids some customer-id column or the online store holds."""
-    from training.features import store as feature_store
-
+def _erase_from_files(roots: list[Path], ids: set[str]) -> tuple[dict[str, int], list[Trace], set[str]]:
+    """Rewrite each Parquet and CSV file without the rows of ``ids``: rows removed per file,
+    the files that could not be rewritten, and the ids some file held."""
+    removed: dict[str, int] = {}
+    failed: list[Trace] = []
     present: set[str] = set()
     for path in _files(roots):
         try:
             if path.suffix == ".parquet":
-                present |= _parquet_rows(pq.read_table(path), ids)[1]
-            elif path.suffix == ".csv" and (table := _read_csv(path)) is not None:
-                present |= _csv_rows(table, ids)[1]
-        except (pa.ArrowInvalid, OSError, csv.Error):
-            continue
-    if online is not None:
-        present |= {cid for cid in ids - present if feature_store.online_rows(online, [cid])}
-    return present
-
-
-def _erase_from_files(roots: list[Path], ids: set[str]) -> tuple[dict[str, int], list[Trace]]:
-    """Rewrite each Parquet and CSV file without the rows of ``ids``: rows removed per file,
-    and the files that could not be rewritten."""
-    removed: dict[str, int] = {}
-    failed: list[Trace] = []
-    for path in _files(roots):
-        try:
-            if path.suffix == ".parquet":
                 table = pq.read_table(path)
-                rows, _ = _parquet_rows(table, ids)
+                rows, matched = _parquet_rows(table, ids)
                 count = int(pc.sum(rows).as_py() or 0) if rows is not None else 0
                 if count:
                     _replace(path, lambda partial, t=table.filter(pc.invert(rows)): pq.write_table(t, partial))
             elif path.suffix == ".csv" and (table := _read_csv(path)) is not None:
-                rows, _ = _csv_rows(table, ids)
+                rows, matched = _csv_rows(table, ids)
                 count = sum(rows) if rows is not None else 0
                 if count:
                     _write_csv(path, table, [not hit for hit in rows])
@@ -304,9 +287,10 @@ def _erase_from_files(roots: list[Path], ids: set[str]) -> tuple[dict[str, int],
         except (pa.ArrowInvalid, OSError, csv.Error, ValueError) as error:
             failed.append(Trace(f"{path} (could not be rewritten: {type(error).__name__})", 1))
             continue
+        present |= matched
         if count:
             removed[str(path)] = count
-    return removed, failed
+    return removed, failed, present
 
 
 def _compact_sqlite(roots: list[Path]) -> list[Trace]:
@@ -361,9 +345,10 @@ def erase(config: Config, customer_ids: Iterable[str]) -> ErasureReport:
         hashes = [suppression.hash_of(cid, create=True) for cid in ids]
         at = datetime.now(UTC).isoformat(timespec="seconds")
         _audit(paths, {"at": at, "event": "erasure started", "operator": getpass.getuser(), "customer_id_hashes": hashes})
-        present = _present(roots, set(ids), online)
         suppression.add(ids)
-        removed, failed = _erase_from_files(roots, set(ids))
+        removed, failed, present = _erase_from_files(roots, set(ids))
+        if online is not None:  # an id only the online store held was found too
+            present |= {cid for cid in set(ids) - present if feature_store.online_rows(online, [cid])}
         report = ErasureReport(customers=len(ids), not_found=[c for c in ids if c not in present], rows_removed=removed)
         if online is not None:
             report.online_rows_deleted = feature_store.erase_online(online, ids)

@@ -169,31 +169,33 @@ def supports_erasure(store: FeatureStore) -> bool:
     return isinstance(store._get_provider().online_store, online_store.LeanSqliteOnlineStore) or _redis(store) is not None
 
 
-def erase_online(store: FeatureStore, customer_ids: list[str]) -> int:
-    """Delete the customers from the online store, every view; returns the rows (SQLite) or
-    keys (Redis: one hash per customer) deleted."""
+class UnsupportedStore(ValueError):
+    """An online store erasure cannot reach (only the embedded SQLite store and Redis)."""
+
+
+def _by_key(store: FeatureStore, customer_ids: list[str], sqlite_op: str, redis_op: str) -> int:
+    """``sqlite_op`` of the embedded store (``delete_entity_keys``, ``count_entity_keys``) or
+    Redis's ``redis_op`` (``delete``, ``exists``) on the customers' entity keys."""
     keys = _entity_keys(store, customer_ids)
     online = store._get_provider().online_store
     if isinstance(online, online_store.LeanSqliteOnlineStore):
-        return online.delete_entity_keys(store.config, store.list_feature_views(), keys)
+        return getattr(online, sqlite_op)(store.config, store.list_feature_views(), keys)
     client = _redis(store)
     if client is None:
-        raise NotImplementedError(f"erasure from a {type(online).__name__} online store")
-    project = store.config.project.encode()
-    return int(client.delete(*[key + project for key in keys])) if keys else 0  # Feast's key: entity key, project
+        raise UnsupportedStore(f"a {type(online).__name__} online store: only the embedded SQLite store and Redis")
+    project = store.config.project.encode()  # Feast's Redis key: the entity key, then the project
+    return int(getattr(client, redis_op)(*[key + project for key in keys])) if keys else 0
+
+
+def erase_online(store: FeatureStore, customer_ids: list[str]) -> int:
+    """Delete the customers from the online store, every view; returns the rows (SQLite) or
+    keys (Redis: one hash per customer) deleted."""
+    return _by_key(store, customer_ids, "delete_entity_keys", "delete")
 
 
 def online_rows(store: FeatureStore, customer_ids: list[str]) -> int:
     """How many online rows (SQLite) or hashes (Redis) the customers still have."""
-    keys = _entity_keys(store, customer_ids)
-    online = store._get_provider().online_store
-    if isinstance(online, online_store.LeanSqliteOnlineStore):
-        return online.count_entity_keys(store.config, store.list_feature_views(), keys)
-    client = _redis(store)
-    if client is None:
-        raise NotImplementedError(f"reading rows of a {type(online).__name__} online store")
-    project = store.config.project.encode()
-    return int(client.exists(*[key + project for key in keys])) if keys else 0
+    return _by_key(store, customer_ids, "count_entity_keys", "exists")
 
 
 def service(store: FeatureStore, name: str = DEFAULT_SERVICE) -> FeatureService:
