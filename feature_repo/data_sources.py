@@ -6,7 +6,7 @@ configured one, so the same definitions serve the CLI, tests and notebooks.
 
 from pathlib import Path
 
-from feast import FileSource
+from feast import FileSource, PushSource
 from feast.data_format import ParquetFormat
 
 DEFAULT_FEATURES_DIR = Path(__file__).resolve().parents[1] / "data" / "features"
@@ -40,5 +40,13 @@ predictions_source = FileSource(
     path=str(DEFAULT_FEATURES_DIR / "customer_predictions.parquet"),
     file_format=ParquetFormat(),
     timestamp_field="scored_at",
-    description="Indicators written back by batch enrichment (serving issue).",
+    description="Indicators written back by batch enrichment (`indicators score`).",
 )
+
+
+# Accepted events update the online store through these (``serving.events``): each view's
+# source is a push source over its snapshot file, so offline reads still go to the file.
+transactions_push = PushSource(name="customer_transactions_push", batch_source=transactions_source)
+behaviour_push = PushSource(name="customer_behaviour_push", batch_source=behaviour_source)
+profile_push = PushSource(name="customer_profile_push", batch_source=profile_source)
+predictions_push = PushSource(name="customer_predictions_push", batch_source=predictions_source)

@@ -10,12 +10,7 @@ from datetime import timedelta
 from feast import FeatureView, Field
 from feast.types import Bool, Float64, Int64, String, UnixTimestamp
 
-from feature_repo.data_sources import (
-    behaviour_source,
-    predictions_source,
-    profile_source,
-    transactions_source,
-)
+from feature_repo.data_sources import behaviour_push, predictions_push, profile_push, transactions_push
 from feature_repo.entities import customer
 
 # Snapshots are monthly: a cutoff more than this after the latest snapshot gets no values
@@ -95,7 +90,7 @@ customer_transactions = FeatureView(
     entities=[customer],
     ttl=SNAPSHOT_TTL,
     schema=TRANSACTION_FEATURES,
-    source=transactions_source,
+    source=transactions_push,
     online=True,
     description="Recency, frequency, monetary value, gaps, trends, category mix, discounts, refunds.",
 )
@@ -105,7 +100,7 @@ customer_behaviour = FeatureView(
     entities=[customer],
     ttl=SNAPSHOT_TTL,
     schema=BEHAVIOUR_FEATURES,
-    source=behaviour_source,
+    source=behaviour_push,
     online=True,
     description="Sessions, views, cart adds and abandonment, e-mail engagement, support contacts.",
 )
@@ -115,7 +110,7 @@ customer_profile = FeatureView(
     entities=[customer],
     ttl=timedelta(0),  # valid from signup, never expires
     schema=PROFILE_FEATURES,
-    source=profile_source,
+    source=profile_push,
     online=True,
     description="Demographics, interests, consents and channels.",
 )
@@ -143,7 +138,7 @@ customer_predictions = FeatureView(
     entities=[customer],
     ttl=timedelta(0),
     schema=PREDICTION_FEATURES,
-    source=predictions_source,
+    source=predictions_push,
     online=True,
     description="Indicators written back by `indicators score` (batch enrichment).",
 )

@@ -171,6 +171,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        if isinstance(error.detail, dict):  # already an error body (``ErrorResponse``), items and all
+            return JSONResponse(error.detail, status_code=error.status_code, headers=error.headers)
         return JSONResponse({"error": str(error.detail), "detail": []}, status_code=error.status_code, headers=error.headers)
 
     def openapi() -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -23,6 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from feature_repo.feature_views import BEHAVIOUR_FEATURES, PROFILE_FEATURES, TRANSACTION_FEATURES
 from feature_repo.on_demand_views import RECENCY_FEATURES
+from training.data.schemas import EVENT_TYPES
 
 MAX_BATCH = 1000
 MAX_SEED = 100_000
@@ -247,3 +248,77 @@ FeaturePayload = create_model(
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     features: FeaturePayload = Field(description="At least one feature; the others are unknown")  # type: ignore[valid-type]
+
+
+# Events (POST /events): the canonical raw tables' columns, one event a row. ``indicators
+# ingest``'s checks apply on top (``serving.events``).
+EventId = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]
+Text = Annotated[StrictStr, StringConstraints(max_length=MAX_TEXT_LENGTH)]
+Amount = Annotated[float, Strict(), Field(allow_inf_nan=False, gt=-1e9, lt=1e9)]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event_id: EventId = Field(description="Unique per event: a repeated id is accepted once")
+    customer_id: CustomerId
+    timestamp: Moment = Field(description="When it happened (ISO 8601; no zone is UTC); not in the future")
+
+
+class TransactionEvent(_Event):
+    """A purchase line or a refund (negative amount or quantity). Lines of one order share its
+    order_id and time."""
+
+    kind: Literal["transaction"]
+    amount: Amount | None = Field(default=None, description="Refunds negative; default quantity x unit_price")
+    order_id: Text | None = None
+    product_id: Text | None = None
+    quantity: Amount | None = None
+    unit_price: Amount | None = None
+    category: Text | None = None
+    channel: Text | None = None
+    discount: Amount | None = Field(default=None, ge=0, description="Amount taken off the list price")
+
+    @model_validator(mode="after")
+    def _priced(self) -> TransactionEvent:
+        if self.amount is None and (self.quantity is None or self.unit_price is None):
+            raise ValueError("a transaction needs an amount, or a quantity and a unit_price")
+        return self
+
+
+class BehaviourEvent(_Event):
+    kind: Literal["event"]
+    event_type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
+
+
+class CustomerEvent(_Event):
+    """A new customer, or changed attributes of one (only the fields given change). A
+    withdrawn ``profiling_consent`` stops their scoring at once."""
+
+    kind: Literal["customer"]
+    signup_at: Moment | None = Field(default=None, description="Default: the event's time, for a new customer")
+    age_band: Text | None = None
+    region: Text | None = None
+    income_band: Text | None = None
+    acquisition_channel: Text | None = None
+    preferred_contact_channel: Text | None = None
+    contact_frequency: Text | None = None
+    marketing_consent: StrictBool | None = None
+    profiling_consent: StrictBool | None = None
+    interest_sustainable: StrictBool | None = None
+    interest_premium: StrictBool | None = None
+    interest_deals: StrictBool | None = None
+
+
+Event = Annotated[TransactionEvent | BehaviourEvent | CustomerEvent, Field(discriminator="kind")]
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[Event] = Field(min_length=1, max_length=MAX_BATCH, description="1 to 1,000 events")
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(description="Events written to the journal and applied by this call")
+    duplicates: int = Field(description="Events whose id was accepted before (or earlier in this call): skipped")
+    suppressed: int = Field(description="Events of erased customers: dropped, as an import drops them")
+    rejected: list[str] = Field(default_factory=list, description="Always empty: a call with a bad event is refused whole (422)")

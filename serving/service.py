@@ -13,6 +13,7 @@ import fcntl
 import gc
 import hashlib
 import os
+import sqlite3
 import tempfile
 import threading
 import time
@@ -30,8 +31,11 @@ from fastapi import FastAPI, HTTPException
 from serving import guard
 from serving.access import ApiKeyMiddleware
 from serving.consent import may_score, policy_for
+from serving.events import DataBusy, EventSink, EventsRejected, OnlineWriteFailed
 from serving.schemas import (
     ErrorResponse,
+    EventsRequest,
+    EventsResponse,
     ExplainRequest,
     ExplainResponse,
     FeaturePayload,
@@ -47,7 +51,8 @@ from training.config import as_utc, config_from_env
 from training.dataset import features_at
 from training.explain import top_reasons
 from training.features import store as feature_store
-from training.features.snapshots import data_end
+from training.data import journal
+from training.features.snapshots import data_end, midnight_after
 
 
 def _frame(values: dict[str, list]) -> pd.DataFrame:
@@ -63,6 +68,7 @@ MAX_AHEAD = timedelta(days=365)
 BULK_CUSTOMERS = 20
 TYPICAL_QUANTILES = (0.001, 0.999)  # /score flags values outside the middle 99.8% of stored customers
 JSON_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 422, 503)}
+EVENTS_RETRY_SECONDS = "2"
 
 # The routes: a FastAPI app BentoML mounts and serves (workers, metrics, access log). Its
 # OpenAPI document is the one served (``serving.guard``).
@@ -100,6 +106,8 @@ class CustomerIndicators:
         self._population_stamp: tuple[int, int] | None = None
         self._population_lock = threading.Lock()
         self._typical: dict[str, tuple[float, float]] | None = None
+        self._events: EventSink | None = None  # opened by the first events call
+        self._events_lock = threading.Lock()
         self._set_value_tiers()
         # What was loaded lives as long as the service: out of the collector's sight, a full
         # collection no longer walks the models and the registry in the middle of a request.
@@ -118,9 +126,18 @@ class CustomerIndicators:
     @property
     def features_time(self) -> datetime:
         """The time the stored features are current to: the default as_of, as `indicators score`
-        uses. Read again when the features are rewritten (one stat a request)."""
+        uses; midnight after the latest event accepted since, if later. Read again when the
+        features are rewritten (one stat a request) and from the journal (one indexed query)."""
         self._latest_stamp()
-        return self._features_time
+        latest = self.event_sink.latest_time() if self._events is not None or journal.journal_file(self.config.paths).exists() else None
+        return self._features_time if latest is None else max(self._features_time, midnight_after(latest))
+
+    @property
+    def event_sink(self) -> EventSink:
+        with self._events_lock:
+            if self._events is None:
+                self._events = EventSink(self.config, self.store)
+            return self._events
 
     def _latest_stamp(self) -> tuple[int, int]:
         profiles = self.config.paths.features / "customer_profile.parquet"
@@ -273,6 +290,31 @@ class CustomerIndicators:
                 typical = {c: (float(low[c]), float(high[c])) for c in numbers.columns if pd.notna(low[c])}
                 self._population, self._typical, self._population_stamp = population, typical, stamp
             return self._population
+
+    def events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """Journal and apply ``events``: on return they are durable and every profile read
+        reflects them."""
+        try:
+            result = self.event_sink.accept(events)
+        except EventsRejected as rejected:
+            items = [{"loc": ["body", "events", position], "msg": f"{event_id}: {reason}", "type": "rejected_event"}
+                     for position, event_id, reason in rejected.problems]
+            raise HTTPException(422, {"error": str(rejected), "detail": items}) from None
+        except DataBusy as busy:
+            raise HTTPException(503, f"{busy}; retry", headers={"Retry-After": EVENTS_RETRY_SECONDS}) from None
+        except OnlineWriteFailed as failed:
+            raise HTTPException(503, str(failed), headers={"Retry-After": EVENTS_RETRY_SECONDS}) from failed
+        except (OSError, sqlite3.Error) as error:  # the journal's disk
+            raise HTTPException(503, f"events could not be written ({type(error).__name__}); nothing was applied: "
+                                "retry", headers={"Retry-After": EVENTS_RETRY_SECONDS}) from error
+        return {"accepted": result.accepted, "duplicates": result.duplicates, "suppressed": result.suppressed, "rejected": []}
+
+    @api.post("/events", response_model=None, responses={200: {"model": EventsResponse}, **JSON_ERRORS})
+    def events_route(self, request: EventsRequest) -> guard.FiniteJSONResponse:
+        """Up to 1,000 purchases, refunds, behavioural events and customer changes. A batch with
+        a bad event is refused whole (422, each bad event named); a repeated event id is
+        accepted once. On 200 the events are on disk and /profile reflects them."""
+        return guard.FiniteJSONResponse(self.events([event.model_dump() for event in request.events]))
 
     @api.get("/metadata", responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
     def metadata(self) -> dict[str, Any]:

@@ -96,26 +96,31 @@ def _view_frame(feature_world, view) -> pd.DataFrame:
 
 @pytest.mark.parametrize("view_name", ["customer_transactions", "customer_behaviour", "customer_profile", "customer_predictions"])
 def test_frame_writes_read_as_feasts_writes(feature_world, tmp_path, view_name: str) -> None:
-    """``write_frame`` reads back what Feast's ``write_to_online_store`` route (its provider's
-    conversion, then its own SQLite store) reads back, for every type the views hold, missing
-    values, zeros and a duplicate customer included; over a second write too."""
+    """``write_frame`` (and ``write_rows``, the same rows as dicts) reads back what Feast's
+    ``write_to_online_store`` route (its provider's conversion, then its own SQLite store)
+    reads back, for every type the views hold, missing values, zeros and a duplicate customer
+    included; over a second write too."""
     store = feature_world.store
     view = store.get_feature_view(view_name)
     frame = _with_gaps(_view_frame(feature_world, view), keep=("customer_id", view.batch_source.timestamp_field))
     second = frame.iloc[::-1].assign(customer_id=frame["customer_id"].to_numpy())  # other values, same customers
     keys = _keys([*frame["customer_id"].astype(str), "NO-SUCH-CUSTOMER"])
     reads = {}
-    for name, online_store in (("lean", LeanSqliteOnlineStore()), ("feast", SqliteOnlineStore())):
+    for name, online_store in (("lean", LeanSqliteOnlineStore()), ("rows", LeanSqliteOnlineStore()), ("feast", SqliteOnlineStore())):
         config = _config(store, tmp_path / f"{name}.db")
         online_store.update(config, [], [view], [], [], partial=False)
         for written in (frame, second):
             if name == "lean":
                 online_store.write_frame(config, view, written)
+            elif name == "rows":
+                rows = written.astype(object).where(written.notna(), None).to_dict("records")
+                online_store.write_rows(config, view, rows)
             else:
                 online_store.online_write_batch(config, view, PassthroughProvider._prep_rows_to_write_for_ingestion(view, written), None)
             reads.setdefault(name, []).append(online_store.online_read(config, view, keys))
         online_store.teardown(config, [view], [])
     assert reads["lean"] == reads["feast"]
+    assert reads["rows"] == reads["feast"]
     first_read = reads["lean"][0]
     assert first_read[-1] == (None, None)
     assert all(len(values) == len(view.features) for _, values in first_read[:-1])

@@ -458,3 +458,49 @@ def generate(
 
 def _partial(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
+
+
+def random_events(rng: np.random.Generator, customer_ids: list[str], start: datetime, end: datetime, n: int,
+                  prefix: str = "ev") -> list[dict]:
+    """``n`` events as ``POST /events`` takes them, for the property test and the events
+    benchmark: purchases (line items sharing an order, discounts, categories in any case),
+    refunds, every behavioural event type and customer changes (consents included), for known
+    customers and new ones, at random times in [start, end] (a fifth at midnights, where the
+    windows' edges lie), an id repeated now and then."""
+    span = (end - start).total_seconds()
+    events: list[dict] = []
+    categories = ["apparel", "Home", "electronics", "beauty", "grocery", "sustainable", None]
+    while len(events) < n:
+        k = len(events)
+        customer = str(rng.choice(customer_ids)) if rng.random() < 0.8 else f"{prefix}-new-{rng.integers(0, max(n // 20, 5))}"
+        moment = start + timedelta(seconds=float(rng.uniform(0, span)))
+        if rng.random() < 0.2:
+            moment = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        base = {"event_id": f"{prefix}-{k}", "customer_id": customer, "timestamp": moment.isoformat()}
+        roll = rng.random()
+        if roll < 0.4:
+            order = f"{prefix}-order-{k}"
+            refund = rng.random() < 0.15
+            for line in range(int(rng.integers(1, 4))):
+                event = {**base, "event_id": f"{prefix}-{k}-{line}", "kind": "transaction", "order_id": order}
+                amount = round(float(rng.gamma(2.0, 20.0)), 2) * (-1 if refund else 1)
+                if rng.random() < 0.3:
+                    event.update(quantity=float(rng.integers(1, 4)) * (-1 if refund else 1), unit_price=abs(amount))
+                else:
+                    event["amount"] = amount
+                if rng.random() < 0.3:
+                    event["discount"] = round(float(rng.uniform(0, 5)), 2) if rng.random() < 0.7 else 0.0
+                category = categories[int(rng.integers(0, len(categories)))]
+                if category is not None:
+                    event["category"] = category
+                events.append(event)
+        elif roll < 0.9:
+            events.append({**base, "kind": "event", "event_type": str(rng.choice(EVENT_TYPES))})
+        else:
+            change = {"profiling_consent": bool(rng.random() < 0.8), "region": str(rng.choice(["north", "south", "east"]))}
+            if rng.random() < 0.3:
+                change["marketing_consent"] = bool(rng.random() < 0.5)
+            events.append({**base, "kind": "customer", **change})
+        if rng.random() < 0.03 and events:
+            events.append(dict(events[int(rng.integers(0, len(events)))]))  # sent twice
+    return events[:n]

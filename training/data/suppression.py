@@ -15,6 +15,7 @@ import hmac
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -35,17 +36,35 @@ class SuppressionKeyError(RuntimeError):
 _held: set[Path] = set()  # data directories this process holds the lock of (it nests)
 
 
+class DataBusy(TimeoutError):
+    """Another command held the data directory's lock for longer than the caller would wait."""
+
+
 @contextlib.contextmanager
-def data_lock(paths: Paths) -> Iterator[None]:
-    """Exclusive use of the data directory's tables: erasure, imports, feature and score writes
-    take it in turn (waiting), so none writes back rows another has just removed."""
+def data_lock(paths: Paths, timeout: float | None = None) -> Iterator[None]:
+    """Exclusive use of the data directory's tables: erasure, imports, accepted events, feature
+    and score writes take it in turn (waiting, or at most ``timeout`` seconds, then
+    ``DataBusy``), so none writes back rows another has just removed. It nests within a
+    process; threads of one process must take turns themselves."""
     directory = paths.data_dir.resolve()
     if directory in _held:
         yield
         return
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        if timeout is None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise DataBusy(f"{directory} is held by another command (an import, feature build, scoring "
+                                       f"or erasure) for more than {timeout:g} s") from None
+                    time.sleep(0.002)
         _held.add(directory)
         try:
             yield

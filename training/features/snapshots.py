@@ -8,53 +8,22 @@ Rows are bounded by the number of snapshot dates, not customers x days.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import pandas as pd
 
 import feature_repo
 from training.config import Paths, as_utc
+from training.data import journal
 from training.data.suppression import data_lock
 
 SQL_DIR = Path(feature_repo.__file__).resolve().parent / "sql"
 SNAPSHOT_VIEWS = {"customer_transactions": "transactions.sql", "customer_behaviour": "behaviour.sql"}
 PROFILE_VIEW = "customer_profile"
-EMPTY_EVENTS = "SELECT NULL::VARCHAR AS customer_id, NULL::TIMESTAMPTZ AS \"timestamp\", NULL::VARCHAR AS event_type WHERE false"
-
-
-def connect(paths: Paths, memory_limit: str = "6GB", threads: int = 2) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with views ``transactions``, ``events`` and ``customers`` over raw files.
-
-    Events are optional (an empty table stands in); without a customers table, each customer's
-    signup is their first transaction or event and profile attributes are NULL.
-    """
-    tx_file = paths.raw_table("transactions")
-    if not tx_file.exists():
-        raise FileNotFoundError(
-            f"no transaction log at {tx_file}: run `indicators generate` or `indicators ingest` first"
-        )
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"SET memory_limit = '{memory_limit}'")
-    con.execute(f"SET threads = {threads}")
-    spill = paths.data_dir / ".duckdb_tmp"
-    con.execute(f"SET temp_directory = '{spill}'")
-    con.execute(f"CREATE VIEW transactions AS SELECT * FROM {_with_columns(con, tx_file, _TRANSACTION_COLUMNS)}")
-    events_file = paths.raw_table("events")
-    source = f"read_parquet('{events_file}')" if events_file.exists() else f"({EMPTY_EVENTS})"
-    con.execute(f"CREATE VIEW events AS SELECT customer_id, \"timestamp\", event_type FROM {source}")
-    customers_file = paths.raw_table("customers")
-    if customers_file.exists():
-        con.execute(f"CREATE VIEW customers AS SELECT * FROM {_with_columns(con, customers_file, _PROFILE_COLUMNS)}")
-    else:
-        con.execute(
-            "CREATE VIEW customers AS SELECT customer_id, min(\"timestamp\") AS signup_at, "
-            + ", ".join(f"NULL::{kind} AS {name}" for name, kind in _PROFILE_COLUMNS)
-            + " FROM (SELECT customer_id, \"timestamp\" FROM transactions UNION ALL "
-            "SELECT customer_id, \"timestamp\" FROM events) GROUP BY customer_id"
-        )
-    return con
 
 
 _PROFILE_COLUMNS = [
@@ -70,8 +39,6 @@ _PROFILE_COLUMNS = [
     ("interest_premium", "BOOLEAN"),
     ("interest_deals", "BOOLEAN"),
 ]
-
-
 # Optional columns of the transaction log: a log may lack any of them (features reading them are NULL).
 _TRANSACTION_COLUMNS = [
     ("order_id", "VARCHAR"),
@@ -82,14 +49,103 @@ _TRANSACTION_COLUMNS = [
     ("channel", "VARCHAR"),
     ("discount", "DOUBLE"),
 ]
+_KEY = [("customer_id", "VARCHAR")]
+_TRANSACTION_LOG = [*_KEY, ("timestamp", "TIMESTAMPTZ"), ("amount", "DOUBLE"), *_TRANSACTION_COLUMNS]
+_EVENT_LOG = [*_KEY, ("timestamp", "TIMESTAMPTZ"), ("event_type", "VARCHAR")]
+_CUSTOMER_ROWS = [*_KEY, ("signup_at", "TIMESTAMPTZ"), *_PROFILE_COLUMNS]
 
 
-def _with_columns(con: duckdb.DuckDBPyConnection, file: Path, optional: list[tuple[str, str]]) -> str:
-    """``file`` with every optional column it lacks filled with NULL, so the SQL can name them all."""
-    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{file}')").fetchall()}
-    extra = [f"NULL::{kind} AS {name}" for name, kind in optional if name not in present]
-    select = ", ".join(["*", *extra])
-    return f"(SELECT {select} FROM read_parquet('{file}'))"
+def connect(paths: Paths, memory_limit: str = "6GB", threads: int = 2) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with views ``transactions``, ``events`` and ``customers`` over the
+    raw log: the raw Parquet tables and the event journal (``training.data.journal``).
+
+    Events are optional (an empty table stands in); without a customers table, each customer's
+    signup is their first transaction or event and profile attributes are NULL.
+    """
+    tx_file = paths.raw_table("transactions")
+    accepted = journal.journal_file(paths).exists()
+    if not tx_file.exists() and not accepted:
+        raise FileNotFoundError(
+            f"no transaction log at {tx_file}: run `indicators generate` or `indicators ingest` first"
+        )
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute(f"SET threads = {threads}")
+    spill = paths.data_dir / ".duckdb_tmp"
+    con.execute(f"SET temp_directory = '{spill}'")
+    raw = {t: f"read_parquet('{paths.raw_table(t)}')" for t in journal.TABLES if paths.raw_table(t).exists()}
+    journaled = {}
+    if accepted:
+        with closing(journal.connect(paths)) as connection:
+            journaled = journal.frames(connection)
+    create_log_views(con, raw, journaled)
+    return con
+
+
+def create_log_views(con: duckdb.DuckDBPyConnection, raw: dict[str, Any], journaled: dict[str, pd.DataFrame]) -> None:
+    """Views ``transactions``, ``events`` and ``customers``: each raw table (a relation's SQL
+    text, or a frame or Arrow table to scan) with the journal's rows of that table.
+
+    The batch build and the per-customer recomputation of accepted events (``live``) both read
+    the log through these views, so both run the same SQL over the same columns and types.
+    """
+    con.execute("SET TimeZone = 'UTC'")
+    sources: dict[str, list[str]] = {}
+    for table in journal.TABLES:
+        sources[table] = []
+        if table in raw:
+            sources[table].append(_relation(con, f"_raw_{table}", raw[table]))
+        rows = journaled.get(table)
+        if rows is not None and len(rows):
+            sources[table].append(_relation(con, f"_journal_{table}", rows))
+    for table, columns in (("transactions", _TRANSACTION_LOG), ("events", _EVENT_LOG)):
+        selects = [_canonical(con, source, columns) for source in sources[table]] or [_empty(columns)]
+        con.execute(f"CREATE VIEW {table} AS " + " UNION ALL ".join(selects))
+    if "customers" in raw:
+        base = _canonical(con, sources["customers"][0], _CUSTOMER_ROWS, order="0")
+    else:
+        base = (
+            "SELECT customer_id, min(\"timestamp\") AS signup_at, "
+            + ", ".join(f"NULL::{kind} AS {name}" for name, kind in _PROFILE_COLUMNS)
+            + ", 0 AS _seq FROM (SELECT customer_id, \"timestamp\" FROM transactions UNION ALL "
+            "SELECT customer_id, \"timestamp\" FROM events) GROUP BY customer_id"
+        )
+    changes = [s for s in sources["customers"] if s.startswith("_journal_")]
+    rows = " UNION ALL ".join([base, *(_canonical(con, s, _CUSTOMER_ROWS, order="seq") for s in changes)])
+    # Per column, the latest value given: a journal row may carry a changed consent alone.
+    # The earliest signup given stays the signup.
+    latest = ", ".join(
+        f"arg_max({name}, _seq) FILTER (WHERE {name} IS NOT NULL) AS {name}" for name, _ in _PROFILE_COLUMNS
+    )
+    con.execute(
+        f"CREATE VIEW customers AS SELECT customer_id, arg_min(signup_at, _seq) FILTER (WHERE signup_at IS NOT NULL) "
+        f"AS signup_at, {latest} FROM ({rows}) GROUP BY customer_id"
+    )
+
+
+def _relation(con: duckdb.DuckDBPyConnection, name: str, source: Any) -> str:
+    if isinstance(source, str):
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM {source}")
+    else:
+        con.register(name, source)
+    return name
+
+
+def _canonical(con: duckdb.DuckDBPyConnection, relation: str, columns: list[tuple[str, str]], order: str | None = None) -> str:
+    """``relation`` with exactly ``columns``, typed; columns it lacks are NULL."""
+    present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()}
+    select = [f"CAST({_quoted(n)} AS {kind}) AS {_quoted(n)}" if n in present else f"NULL::{kind} AS {_quoted(n)}" for n, kind in columns]
+    if order is not None:
+        select.append(f"{order} AS _seq")
+    return f"SELECT {', '.join(select)} FROM {relation}"
+
+
+def _empty(columns: list[tuple[str, str]]) -> str:
+    return "SELECT " + ", ".join(f"NULL::{kind} AS {_quoted(n)}" for n, kind in columns) + " WHERE false"
+
+
+def _quoted(name: str) -> str:
+    return f'"{name}"'
 
 
 def read_sql(name: str) -> str:
@@ -106,7 +162,8 @@ def snapshot_frame(con: duckdb.DuckDBPyConnection, view: str, cutoff: datetime):
 
 
 def data_end(paths: Paths) -> datetime:
-    """Midnight (UTC) after the latest raw transaction or event: the default 'now' of the data."""
+    """Midnight (UTC) after the latest raw transaction or event, journal included: the default
+    'now' of the data."""
     con = connect(paths)
     try:
         latest = con.execute(
@@ -115,6 +172,11 @@ def data_end(paths: Paths) -> datetime:
         ).fetchone()[0]
     finally:
         con.close()
+    return midnight_after(latest)
+
+
+def midnight_after(latest: datetime) -> datetime:
+    """``latest`` itself if it is a midnight (UTC), else the next midnight."""
     latest = as_utc(latest)
     midnight = latest.replace(hour=0, minute=0, second=0, microsecond=0)
     return midnight if midnight == latest else midnight + timedelta(days=1)
