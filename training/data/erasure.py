@@ -9,7 +9,8 @@ so no import, feature build or scoring writes back what it removes, and:
 3. rewrites every Parquet and CSV file below the data directory and the local MLflow store
    without the rows whose customer-id column holds an erased id (exact match, as the import
    reads ids): raw tables, quarantine files, feature snapshots, predictions, generated truth,
-   tables logged to MLflow; CSV files keep their delimiter and encoding;
+   tables logged to MLflow; CSV files keep their delimiter and encoding; deletes their
+   accepted events from the event journal (``journal``);
 4. deletes the customers from the online store (SQLite rows of every view, or the Redis hash)
    and compacts SQLite so freed pages keep no copy;
 5. scans again (``find_traces``) and writes the audit record: counts and keyed hashes, never
@@ -43,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from training.config import Config, Paths
+from training.data import journal
 from training.data.ingest import WHITESPACE, canonical_ids, detect_delimiter
 from training.data.suppression import Suppression, SuppressionKeyError, data_lock
 
@@ -347,13 +349,18 @@ def erase(config: Config, customer_ids: Iterable[str]) -> ErasureReport:
         _audit(paths, {"at": at, "event": "erasure started", "operator": getpass.getuser(), "customer_id_hashes": hashes})
         suppression.add(ids)
         removed, failed, present = _erase_from_files(roots, set(ids))
+        journaled, in_journal = journal.erase(paths, ids)
+        if journaled:
+            removed[str(journal.journal_file(paths))] = journaled
+        present |= in_journal
         if online is not None:  # an id only the online store held was found too
             present |= {cid for cid in set(ids) - present if feature_store.online_rows(online, [cid])}
         report = ErasureReport(customers=len(ids), not_found=[c for c in ids if c not in present], rows_removed=removed)
         if online is not None:
             report.online_rows_deleted = feature_store.erase_online(online, ids)
         failed += _compact_sqlite(roots)
-        report.traces = failed + find_traces(roots, ids, online)
+        left = journal.count_rows(paths, ids)
+        report.traces = failed + find_traces(roots, ids, online) + ([Trace(str(journal.journal_file(paths)), left)] if left else [])
         report.audit_file = _audit(paths, {
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "event": "erasure done" if report.complete else "erasure incomplete",

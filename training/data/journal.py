@@ -195,12 +195,14 @@ def order_owners(connection: sqlite3.Connection, order_ids: Sequence[str]) -> di
     return dict(connection.execute(f"SELECT order_id, customer_id FROM transactions WHERE order_id IN ({marks})", list(order_ids)))
 
 
-def erase(paths: Paths, customer_ids: Sequence[str]) -> int:
-    """Delete every journal row of ``customer_ids`` (their event ids included); rows deleted.
-    The erasure compacts the file afterwards, so freed pages keep no copy."""
+def erase(paths: Paths, customer_ids: Sequence[str]) -> tuple[int, set[str]]:
+    """Delete every journal row of ``customer_ids`` (their event ids included): the rows
+    deleted, and the customers it held. The erasure compacts the file afterwards, so freed
+    pages keep no copy."""
     if not journal_file(paths).exists() or not customer_ids:
-        return 0
+        return 0, set()
     with closing(connect(paths)) as connection:
+        found = known_customers(connection, customer_ids)
         marks = ", ".join("?" * len(customer_ids))
         deleted = 0
         connection.execute("BEGIN IMMEDIATE")
@@ -208,4 +210,14 @@ def erase(paths: Paths, customer_ids: Sequence[str]) -> int:
             deleted += connection.execute(f"DELETE FROM {table} WHERE customer_id IN ({marks})", list(customer_ids)).rowcount
         connection.execute(f"DELETE FROM accepted WHERE customer_id IN ({marks})", list(customer_ids))
         connection.execute("COMMIT")
-    return deleted
+    return deleted, found
+
+
+def count_rows(paths: Paths, customer_ids: Sequence[str]) -> int:
+    """The journal's rows (event ids included) of ``customer_ids``."""
+    if not journal_file(paths).exists() or not customer_ids:
+        return 0
+    with closing(connect(paths)) as connection:
+        marks = ", ".join("?" * len(customer_ids))
+        return sum(connection.execute(f"SELECT count(*) FROM {table} WHERE customer_id IN ({marks})", list(customer_ids)).fetchone()[0]
+                   for table in (*TABLES, "accepted"))

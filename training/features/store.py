@@ -115,6 +115,10 @@ def _write_latest_online(store: FeatureStore, paths: Paths) -> dict[str, int]:
             f"SELECT * FROM read_parquet('{source_file}') "
             f"QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY {ts} DESC) = 1"
         ).df()
+        # Rows carry the time of this write: Feast's Redis store keeps a row only when it is
+        # newer than the stored one, which rows pushed by accepted events may be.
+        written_at = pd.Timestamp.now(tz="UTC")
+        latest[ts] = pd.to_datetime(latest[ts], utc=True).clip(lower=written_at)
         write_online(store, view.name, latest)
         written[view.name] = len(latest)
     return written
