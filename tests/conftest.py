@@ -58,6 +58,33 @@ def feature_world(generated_dir: Path) -> FeatureWorld:
     return FeatureWorld(config=config, store=store, cutoffs=cutoffs)
 
 
+def event_world(generated_dir: Path, root: Path, bare: bool = False):
+    """A data directory for events: ``generated_dir``'s raw log (or its bare transaction log:
+    customer_id, timestamp, amount), its latest snapshots, the Feast repo applied and written
+    online. Returns its ``Config``."""
+    import shutil
+
+    import pandas as pd
+
+    from training.config import Config, SnapshotPlan
+    from training.features import store as feature_store
+    from training.features.snapshots import build_snapshots, data_end
+
+    (root / "raw").mkdir(parents=True)
+    if bare:
+        log = pd.read_parquet(generated_dir / "raw" / "transactions.parquet", columns=["customer_id", "timestamp", "amount"])
+        log.to_parquet(root / "raw" / "transactions.parquet", index=False)
+    else:
+        for table in ("transactions", "events", "customers"):
+            shutil.copy(generated_dir / "raw" / f"{table}.parquet", root / "raw" / f"{table}.parquet")
+    config = Config(data_dir=root, snapshots=SnapshotPlan(months=1, step_days=30))
+    build_snapshots(config.paths, config.snapshots.dates(data_end(config.paths)))
+    store = feature_store.feature_store(config)
+    feature_store.apply(store, config.paths)
+    feature_store.write_latest_online(store, config.paths)
+    return config
+
+
 TRAINED_CUSTOMERS = 1_500
 # The servers the tests start accept this key with every scope (INDICATORS_API_KEY).
 API_KEY = "tests-only-key-not-for-production"

@@ -506,6 +506,33 @@ def erase(
                   "nor in the online store" + (" (see the possible traces above)" if report.traces else ""))
 
 
+@app.command()
+def stream(
+    amqp: Annotated[str, typer.Option("--amqp", help="RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2F.")],
+    queue: Annotated[str, typer.Option("--queue", help="The queue of event batches (declared durable if absent).")],
+    idle_exit: Annotated[float | None, typer.Option(help="Stop once the queue has been empty this many seconds "
+                                                         "(default: run until interrupted).")] = None,
+    data_dir: DataDir = None,
+    mlflow_dir: MlflowDir = None,
+) -> None:
+    """Consume events from RabbitMQ as POST /events takes them; acknowledge each message once
+    its events are durable and online; poison messages go to QUEUE.dead-letter with the reason."""
+    import pika.exceptions
+
+    from serving.stream import consume, dead_letter_queue
+
+    config = _config(data_dir, mlflow_dir)
+    console.print(f"consuming {queue} (poison messages to {dead_letter_queue(queue)}); Ctrl-C stops")
+    try:
+        stats = consume(config, amqp, queue, idle_seconds=idle_exit)
+    except pika.exceptions.AMQPError as error:
+        _fail(f"RabbitMQ at {amqp.split('@')[-1]}: {type(error).__name__} {error}")
+    console.print(
+        f"{stats.messages:,} message(s): {stats.events_accepted:,} events accepted, {stats.duplicates:,} repeats, "
+        f"{stats.suppressed:,} of erased customers dropped, {stats.dead_lettered:,} dead-lettered, {stats.retried:,} retried"
+    )
+
+
 api_key_app = typer.Typer(help="API keys of the endpoint: create (shown once), list, revoke.", no_args_is_help=True)
 app.add_typer(api_key_app, name="api-key")
 

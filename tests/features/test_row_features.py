@@ -7,45 +7,27 @@ timestamp, amount; no customers or events table), where the customers view is de
 
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from serving.events import EventSink
-from training.config import Config, SnapshotPlan
 from training.data import journal
 from training.data.generate import random_events
 from training.features import live
 from training.features import store as feature_store
 from training.features.snapshots import build_snapshots, data_end, midnight_after
+from tests.conftest import event_world
 
 ROUNDS = 8
 EVENTS_PER_ROUND = 120
 
 
-def _world(generated_dir: Path, root: Path, bare: bool) -> Config:
-    (root / "raw").mkdir(parents=True)
-    if bare:
-        log = pd.read_parquet(generated_dir / "raw" / "transactions.parquet", columns=["customer_id", "timestamp", "amount"])
-        log.to_parquet(root / "raw" / "transactions.parquet", index=False)
-    else:
-        for table in ("transactions", "events", "customers"):
-            shutil.copy(generated_dir / "raw" / f"{table}.parquet", root / "raw" / f"{table}.parquet")
-    config = Config(data_dir=root, snapshots=SnapshotPlan(months=1, step_days=30))
-    build_snapshots(config.paths, config.snapshots.dates(data_end(config.paths)))
-    store = feature_store.feature_store(config)
-    feature_store.apply(store, config.paths)
-    feature_store.write_latest_online(store, config.paths)
-    return config
-
-
 @pytest.mark.parametrize("bare", [False, True], ids=["every-table", "bare-transaction-log"])
 def test_random_events_give_the_batch_features_at_once(generated_dir, tmp_path, bare: bool) -> None:
-    config = _world(generated_dir, tmp_path / "data", bare)
+    config = event_world(generated_dir, tmp_path / "data", bare)
     store = feature_store.feature_store(config)
     sink = EventSink(config, store)
     known = pd.read_parquet(config.paths.raw_table("transactions"), columns=["customer_id"])["customer_id"].unique().tolist()
@@ -73,7 +55,7 @@ def test_random_events_give_the_batch_features_at_once(generated_dir, tmp_path, 
 
 
 def test_a_repeated_batch_is_accepted_once(generated_dir, tmp_path) -> None:
-    config = _world(generated_dir, tmp_path / "data", bare=True)
+    config = event_world(generated_dir, tmp_path / "data", bare=True)
     sink = EventSink(config)
     now = data_end(config.paths) + timedelta(days=1)
     events = random_events(np.random.default_rng(1), ["C1", "C2"], now - timedelta(days=30), now, 50)

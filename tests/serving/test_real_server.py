@@ -13,7 +13,15 @@ from tests.conftest import API_KEY, AUTH
 
 @pytest.fixture(scope="module")
 def server(trained, tmp_path_factory):
-    config, _ = trained
+    """A real server on a copy of the trained world (the fuzzer's events land in the copy)."""
+    import shutil
+
+    from training.config import Config
+
+    original, _ = trained
+    root = tmp_path_factory.mktemp("served") / "data"
+    shutil.copytree(original.data_dir, root, symlinks=True)
+    config = Config(data_dir=root, mlflow_dir=root / "mlflow")
     summary = score_all(config)
     log = tmp_path_factory.mktemp("server") / "server.log"
     try:
@@ -45,12 +53,12 @@ def test_client_errors_over_http_are_4xx(server) -> None:
     assert bad.status_code == 400 and set(bad.json()) == {"error", "detail"}
 
 
-def test_api_keys_never_reach_the_log(server, trained) -> None:
+def test_api_keys_never_reach_the_log(server) -> None:
     from serving.access import KeyStore
+    from training.config import Paths
 
-    url, _, log = server
-    config, _ = trained
-    store = KeyStore(config.paths.api_keys)
+    url, summary, log = server
+    store = KeyStore(Paths(summary.parquet.parents[1]).api_keys)  # the served copy's keys
     good, _ = store.create("logged?", ["profiles:read"])
     wrong_scope_key, _ = store.create("stream-2", ["events:write"])
     bad = good[:-4] + ("abcd" if not good.endswith("abcd") else "efgh")  # a wrong secret
