@@ -26,7 +26,7 @@ export FEAST_USAGE := False
 export PYTHONDONTWRITEBYTECODE :=
 export UV_LINK_MODE := copy
 
-.PHONY: help setup train data features serve test test-all test-services bench bench-train bench-serve bench-short-history load-test bento report lint mlflow-ui feast-ui clean
+.PHONY: help setup train data features serve test test-all test-services bench bench-events bench-train bench-serve bench-short-history load-test bento report lint mlflow-ui feast-ui clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -81,6 +81,10 @@ bench-serve: setup ## Serving benchmark (/profile latency, throughput, in-proces
 load-test: setup ## Bounded load test on loopback: 1- and 100-customer /profile calls mixed (LOAD_SECONDS, default 600) -> bench/load_results.json
 	@test -f $(MLFLOW_DIR)/mlflow.db || $(MAKE) train
 	$(RUN)/python -m bench.load --data-dir $(DATA) --seconds $(LOAD_SECONDS) --out bench/load_results.json
+
+bench-events: setup ## Events benchmark: accepted/s (batches of 1, 100), event-to-fresh-profile, /profile under event load, exactness -> bench/events_results.json
+	@test -f $(MLFLOW_DIR)/mlflow.db || $(MAKE) train
+	$(RUN)/python -m bench.events --data-dir $(DATA) --out bench/events_results.json
 
 bench-train: setup ## Training benchmark at 100k customers -> bench/train_results.json
 	$(RUN)/python -m bench.train --customers 100000 --out bench/train_results.json

@@ -10,7 +10,12 @@ from datetime import timedelta
 from feast import FeatureView, Field
 from feast.types import Bool, Float64, Int64, String, UnixTimestamp
 
-from feature_repo.data_sources import behaviour_push, predictions_push, profile_push, transactions_push
+from feature_repo.data_sources import (
+    behaviour_push,
+    predictions_push,
+    profile_push,
+    transactions_push,
+)
 from feature_repo.entities import customer
 
 # Snapshots are monthly: a cutoff more than this after the latest snapshot gets no values

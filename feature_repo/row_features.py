@@ -13,6 +13,7 @@ datetimes, all aware or all naive.
 
 from __future__ import annotations
 
+import itertools
 import math
 from bisect import bisect_right
 from collections import defaultdict
@@ -89,7 +90,7 @@ def transaction_features(customer: dict | None, transactions: list[dict], cutoff
     tx = [o for o in _orders(transactions) if o[0] <= cutoff]
     bought = [o for o in tx if o[1] > 0]
     days = sorted({_day(o[0]) for o in bought})
-    gaps = [(b - a).total_seconds() // 3600 / 24.0 for a, b in zip(days, days[1:])]
+    gaps = [(b - a).total_seconds() // 3600 / 24.0 for a, b in itertools.pairwise(days)]
 
     since = {n: cutoff - timedelta(days=n) for n in (30, 90, 180, 365)}
     windows = {n: len(days) - bisect_right(days, start) for n, start in since.items()}

@@ -268,6 +268,12 @@ class TransactionEvent(_Event):
     """A purchase line or a refund (negative amount or quantity). Lines of one order share its
     order_id and time."""
 
+    # Either an amount, or a quantity and a unit price: said in the schema, so a client (or a
+    # fuzzer) reading it knows.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["amount"], "properties": {"amount": {"type": "number"}}},
+        {"required": ["quantity", "unit_price"], "properties": {"quantity": {"type": "number"}, "unit_price": {"type": "number"}}},
+    ]})
     kind: Literal["transaction"]
     amount: Amount | None = Field(default=None, description="Refunds negative; default quantity x unit_price")
     order_id: Text | None = None

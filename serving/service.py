@@ -48,10 +48,10 @@ from serving.schemas import (
 )
 from serving.scoring import Champions, lookalike_audience_response, value_tiers_of
 from training.config import as_utc, config_from_env
+from training.data import journal
 from training.dataset import features_at
 from training.explain import top_reasons
 from training.features import store as feature_store
-from training.data import journal
 from training.features.snapshots import data_end, midnight_after
 
 

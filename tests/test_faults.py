@@ -130,6 +130,59 @@ def test_a_killed_scoring_leaves_no_customer_with_two_runs_scores(world) -> None
     _run(["score"], env)
 
 
+def _process_tree(port: int) -> list[int]:
+    """The ``bentoml serve`` listening on ``port`` and every process under it."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    roots = [pid for pid in parents if f"--port\x00{port}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    tree = list(roots)
+    for pid in tree:
+        tree += [child for child, parent in parents.items() if parent == pid and child not in tree]
+    return tree
+
+
+def test_events_acknowledged_by_a_server_survive_its_kill_9(world) -> None:
+    """A 200 from POST /events means on disk: the server killed right after it loses nothing,
+    and the next `indicators features` includes the events."""
+    from datetime import UTC, datetime
+
+    from serving.server import running_server
+    from training.config import config_from_env
+    from training.data import journal
+    from training.features import store as feature_store
+
+    root, env = world
+    config = config_from_env(root, root / "mlflow", environ={})
+    buyer = pd.read_parquet(root / "predictions" / "scores.parquet")["customer_id"].iloc[7]
+    moment = datetime.now(UTC).replace(microsecond=0)
+    events = [{"event_id": f"kill-{k}", "kind": "event", "customer_id": buyer, "timestamp": moment.isoformat(), "event_type": "session"}
+              for k in range(40)]
+    events.append({"event_id": "kill-order", "kind": "transaction", "customer_id": buyer, "timestamp": moment.isoformat(), "amount": 77.25})
+    with running_server(config, api_key=API_KEY) as url:
+        response = httpx.post(f"{url}/events", json={"events": events}, headers=AUTH, timeout=60)
+        assert response.status_code == 200 and response.json()["accepted"] == len(events), response.text
+        tree = _process_tree(int(url.rsplit(":", 1)[1]))
+        assert tree
+        for pid in tree:
+            os.kill(pid, signal.SIGKILL)
+    connection = journal.connect(config.paths)
+    try:
+        accepted = {row["seq"] for rows in journal.rows(connection, [buyer]).values() for row in rows}
+        ids = {e for (e,) in connection.execute("SELECT event_id FROM accepted WHERE customer_id = ?", [buyer])}
+    finally:
+        connection.close()
+    assert {e["event_id"] for e in events} <= ids and len(accepted) >= len(events)
+    _run(["features"], env)
+    store = feature_store.feature_store(config)
+    fresh = feature_store.online_features(store, [buyer], moment)
+    assert fresh["last_purchase_at"][0] == moment and fresh["sessions_30d"][0] >= 40
+
+
 @pytest.mark.slow
 def test_a_killed_training_leaves_the_champions_and_the_next_run_succeeds(world) -> None:
     from mlflow import MlflowClient

@@ -157,6 +157,23 @@ def test_ingest_train_score_serve_on_the_production_profile(production_env, tmp_
                 during.append((response.status_code, len(response.json().get("profiles", []))))
             assert batch.returncode == 0, batch.stderr.read()[-2000:]
             assert during and all(answer == (200, len(customers)) for answer in during), during
+            # An event accepted by one process is read at once by the other: one Redis.
+            from datetime import UTC, datetime, timedelta
+
+            from training.features import store as feature_store
+
+            target, moment = customers[2], datetime.now(UTC).replace(microsecond=0)
+            midnight = (moment + timedelta(days=1)).replace(hour=0, minute=0, second=0)
+            online = feature_store.feature_store(config)
+            revenue = feature_store.online_features(online, [target], midnight)["revenue_total"][0]
+            asked = {"customer_ids": [target], "reasons": 0, "as_of": midnight.isoformat()}
+            before = httpx.post(f"{second}/profile", json=asked, headers=AUTH, timeout=60).json()["profiles"]
+            event = {"event_id": "redis-1", "kind": "transaction", "customer_id": target, "timestamp": moment.isoformat(), "amount": 25.0}
+            posted = httpx.post(f"{first}/events", json={"events": [event]}, headers=AUTH, timeout=60)
+            assert posted.status_code == 200 and posted.json()["accepted"] == 1, posted.text
+            after = httpx.post(f"{second}/profile", json=asked, headers=AUTH, timeout=60).json()["profiles"]
+            assert after[0]["indicators"] != before[0]["indicators"]
+            assert feature_store.online_features(online, [target], midnight)["revenue_total"][0] == pytest.approx(revenue + 25.0)
     except ServerFailed as error:
         pytest.fail(str(error))
     assert [p["customer_id"] for p in answers[0]] == customers

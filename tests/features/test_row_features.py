@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 
 from serving.events import EventSink
+from tests.conftest import event_world
 from training.data import journal
 from training.data.generate import random_events
 from training.features import live
 from training.features import store as feature_store
 from training.features.snapshots import build_snapshots, data_end, midnight_after
-from tests.conftest import event_world
 
 ROUNDS = 8
 EVENTS_PER_ROUND = 120
@@ -52,14 +52,3 @@ def test_random_events_give_the_batch_features_at_once(generated_dir, tmp_path, 
     build_snapshots(config.paths, [cutoff])
     feature_store.write_latest_online(store, config.paths)
     assert feature_store.online_features(store, touched, cutoff) == before
-
-
-def test_a_repeated_batch_is_accepted_once(generated_dir, tmp_path) -> None:
-    config = event_world(generated_dir, tmp_path / "data", bare=True)
-    sink = EventSink(config)
-    now = data_end(config.paths) + timedelta(days=1)
-    events = random_events(np.random.default_rng(1), ["C1", "C2"], now - timedelta(days=30), now, 50)
-    first = sink.accept(events, now=now)
-    again = sink.accept(events, now=now)
-    assert again.accepted == 0 and again.duplicates == len(events)
-    assert sum(len(rows) for rows in journal.rows(sink._journal).values()) == first.accepted

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from training.config import Paths
+from training.data import journal
 from training.data.schemas import (
     BOOLEAN_CUSTOMER_COLUMNS,
     OPTIONAL_COLUMNS,
@@ -341,26 +342,32 @@ def reconcile(
 
 
 def merge_with_existing(
-    table: str, existing: pd.DataFrame | None, clean: pd.DataFrame
+    table: str, existing: pd.DataFrame | None, clean: pd.DataFrame, journaled: pd.DataFrame | None = None
 ) -> tuple[pd.DataFrame, int, pd.DataFrame]:
     """Append ``clean`` to ``existing``, skipping rows already there.
 
-    A row is already there if the table holds as many rows equal to it in every canonical
-    column (the second of two identical lines of an order is new until imported twice).
-    Returns (merged table, rows already present, rows that conflict with existing data: a
-    transaction whose order_id belongs to another customer).
+    A row is already there if the table, with the rows the event journal accepted
+    (``journaled``), holds as many rows equal to it in every canonical column (the second of
+    two identical lines of an order is new until imported twice): a nightly export of what
+    was streamed during the day adds nothing. Returns (merged table, rows already present,
+    rows that conflict with existing data: a transaction whose order_id belongs to another
+    customer).
     """
-    if existing is None or existing.empty:
+    known = pd.concat([f for f in (existing, journaled) if f is not None and not f.empty], ignore_index=True) \
+        if any(f is not None and not f.empty for f in (existing, journaled)) else None
+    if known is None:
         return clean, 0, clean.iloc[0:0]
+    if existing is None:
+        existing = clean.iloc[0:0]
     if table == "customers":
         key = ["customer_id"]
     else:
-        key = [c for c in clean.columns if c in existing.columns]
-    present = _occurrence_keys(clean, key).isin(_occurrence_keys(existing, key))
+        key = [c for c in clean.columns if c in known.columns]
+    present = _occurrence_keys(clean, key).isin(_occurrence_keys(known[key], key))
     fresh = clean[~present]
     conflicts = fresh.iloc[0:0]
-    if table == "transactions" and "order_id" in fresh and "order_id" in existing:
-        owners = existing.dropna(subset=["order_id"]).drop_duplicates("order_id").set_index("order_id")["customer_id"]
+    if table == "transactions" and "order_id" in fresh and "order_id" in known:
+        owners = known.dropna(subset=["order_id"]).drop_duplicates("order_id").set_index("order_id")["customer_id"]
         owner = fresh["order_id"].map(owners)
         taken = owner.notna() & (owner != fresh["customer_id"])
         conflicts, fresh = fresh[taken], fresh[~taken]
@@ -397,6 +404,7 @@ def _ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> l
     _check_targets(options.columns)
     planned: list[tuple[TableReport, pd.DataFrame, pd.DataFrame]] = []
     suppression = Suppression(paths)
+    journaled = journal.read_frames(paths)
     for table, source_path in sources.items():
         source, read_notes = read_source(source_path, options.delimiter)
         rows_read = len(source)
@@ -405,7 +413,9 @@ def _ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> l
         quarantined = result.quarantined
         target = paths.raw_table(table)
         existing = pd.read_parquet(target) if target.exists() else None
-        merged, already, conflicts = merge_with_existing(table, existing, result.clean)
+        # Customers are matched by id alone, and a journaled change must not hide the full record.
+        streamed = journaled.get(table) if table != "customers" else None
+        merged, already, conflicts = merge_with_existing(table, existing, result.clean, streamed)
         if not conflicts.empty:
             quarantined = pd.concat(
                 [quarantined, conflicts.astype("string").assign(reason="order_id already imported for another customer")],

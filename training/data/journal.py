@@ -26,7 +26,12 @@ import numpy as np
 import pandas as pd
 
 from training.config import Paths
-from training.data.schemas import BOOLEAN_CUSTOMER_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, UTC_TIMESTAMP
+from training.data.schemas import (
+    BOOLEAN_CUSTOMER_COLUMNS,
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    UTC_TIMESTAMP,
+)
 
 TABLES = ("transactions", "events", "customers")
 TIME_COLUMNS = {"transactions": ("timestamp",), "events": ("timestamp",), "customers": ("signup_at",)}
@@ -170,6 +175,14 @@ def _typed(table: str, frame: pd.DataFrame) -> pd.DataFrame:
         elif column != "seq":
             frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     return frame
+
+
+def read_frames(paths: Paths) -> dict[str, pd.DataFrame]:
+    """Every journal table as canonical frames (without ``seq``); none without a journal."""
+    if not journal_file(paths).exists():
+        return {}
+    with closing(connect(paths)) as connection:
+        return {table: frame.drop(columns="seq") for table, frame in frames(connection).items()}
 
 
 def latest_time(connection: sqlite3.Connection) -> pd.Timestamp | None:

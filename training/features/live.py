@@ -26,7 +26,6 @@ from training.data import journal
 from training.features import snapshots
 from training.features.snapshots import PROFILE_VIEW, SNAPSHOT_VIEWS
 
-
 TRANSACTION_FIELDS = ("timestamp", "amount", "order_id", "discount", "category")
 
 
@@ -191,7 +190,7 @@ def batch_mismatches(paths: Paths, online: dict[str, list], customer_ids: list[s
         con.close()
     position = {c: i for i, c in enumerate(online["customer_id"])}
     found = []
-    for view, frame in rebuilt.items():
+    for frame in rebuilt.values():
         frame = frame[frame["customer_id"].isin(customer_ids)]
         columns = [c for c in frame.columns if c in online and c != "customer_id"]
         for record in frame.to_dict("records"):
