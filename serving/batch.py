@@ -22,6 +22,7 @@ import pandas as pd
 from serving.consent import may_score, policy_for, unrecorded
 from serving.scoring import Champions, value_tiers, value_tiers_of
 from training.config import Config
+from training.data import journal
 from training.data.suppression import data_lock
 from training.dataset import features_at
 from training.features import store as feature_store
@@ -66,7 +67,9 @@ def _score_all(config: Config, slice_size: int) -> ScoreSummary:
     feature_store.apply(store, paths)  # registers customer_predictions if this repo predates it
     as_of = data_end(paths)
     profile = pd.read_parquet(paths.features / "customer_profile.parquet", columns=["customer_id", "profiling_consent"])
-    values = profile["profiling_consent"].tolist()
+    # A consent given or withdrawn by an event since the features were built counts now.
+    changed = journal.latest_consents(paths)
+    values = [changed.get(c, v) for c, v in zip(profile["customer_id"], profile["profiling_consent"], strict=True)]
     policy = policy_for(paths, config.scoring.unknown_consent)
     consent = pd.Series(may_score(values, policy), index=profile.index)
     no_record = 0 if policy != config.scoring.unknown_consent else int(unrecorded(values).sum())

@@ -104,21 +104,32 @@ class EventSink:
             return journal.latest_time(self._journal)
 
     def accept(self, events: Sequence[dict[str, Any]], now: datetime | None = None) -> Accepted:
-        """Check, journal and apply ``events`` (dicts as ``serving.schemas`` events dump them)."""
+        """Check, journal and apply ``events`` (dicts as ``serving.schemas`` events dump them).
+
+        The data directory's lock is held twice: to journal the batch and read the customers'
+        rows, then to write the recomputed rows online. The recomputation runs between, so
+        batches in other processes proceed meanwhile; a customer's rows are written only if no
+        write from a later read of the journal came first (``journal.claim``).
+        """
         now = pd.Timestamp(now or datetime.now(UTC))
         rows, repeated = _checked(events, now)
-        with self._lock, data_lock(self.paths, timeout=LOCK_WAIT_SECONDS):
-            erased = self.suppression.contains(pd.Series([row.values["customer_id"] for row in rows], dtype=object))
-            kept = [row for row, gone in zip(rows, erased, strict=True) if not gone]
-            self._check_orders(kept)
-            kept = self._with_signups(kept)
-            written = journal.append(self._journal, [(r.event_id, r.table, r.values) for r in kept], now)
-            # Customers of repeated events too: a batch sent again after a failure between its
-            # journal write and its online write is applied then.
-            customers = sorted({r.values["customer_id"] for r in kept})
+        with self._lock:  # the lock nests within a process: its threads take turns here
+            with data_lock(self.paths, timeout=LOCK_WAIT_SECONDS):
+                erased = self.suppression.contains(pd.Series([row.values["customer_id"] for row in rows], dtype=object))
+                kept = [row for row, gone in zip(rows, erased, strict=True) if not gone]
+                self._check_orders(kept)
+                kept = self._with_signups(kept)
+                written = journal.append(self._journal, [(r.event_id, r.table, r.values) for r in kept], now)
+                # Customers of repeated events too: a batch sent again after a failure between
+                # its journal write and its online write is applied then.
+                customers = sorted({r.values["customer_id"] for r in kept})
+                journaled = journal.rows(self._journal, customers) if customers else {}
+                cutoff = self._cutoff(now)
             if customers:
                 try:
-                    self._apply(customers, now)
+                    self._apply(customers, journaled, cutoff, now)
+                except (DataBusy, OnlineWriteFailed):
+                    raise
                 except Exception as error:  # a store is a backend: its failure is reported, not raised as ours
                     raise OnlineWriteFailed(f"{len(written.accepted)} event(s) journaled, the online write failed "
                                             f"({type(error).__name__}): send the batch again") from error
@@ -128,6 +139,11 @@ class EventSink:
             suppressed=int(erased.sum()),
             customers=customers,
         )
+
+    def _cutoff(self, now: pd.Timestamp) -> datetime:
+        """The data's 'now': midnight after the latest transaction or event, journal included."""
+        latest = [t for t in (self.raw.latest(), journal.latest_time(self._journal)) if t is not None]
+        return midnight_after(max(latest)) if latest else midnight_after(now)
 
     def _check_orders(self, rows: list[_Row]) -> None:
         """An order id already in the log belongs to its customer, as for an import."""
@@ -161,19 +177,25 @@ class EventSink:
             out.append(row)
         return out
 
-    def _apply(self, customers: list[str], now: pd.Timestamp) -> None:
-        latest = [t for t in (self.raw.latest(), journal.latest_time(self._journal)) if t is not None]
-        cutoff = midnight_after(max(latest)) if latest else midnight_after(now)
-        views = recompute(self.raw, journal.rows(self._journal, customers), customers, cutoff)
-        # Rows carry the time of this write, later than any before: Feast's Redis store keeps
-        # a row only when it is newer than the one stored.
-        written_at = max(now, self._last_written + pd.Timedelta(microseconds=1))
-        self._last_written = written_at
-        moment = written_at.to_pydatetime()
-        for view, rows in views.items():
-            if rows:
-                self.pusher.push(PUSH_SOURCES[view], [{**row, TIME_FIELDS[view]: moment} for row in rows])
-        self._clear_scores(views[PROFILE_VIEW], moment)
+    def _apply(self, customers: list[str], journaled: dict[str, list[dict]], cutoff: datetime, now: pd.Timestamp) -> None:
+        views = recompute(self.raw, journaled, customers, cutoff)
+        read = {c: 0 for c in customers}  # the latest journal row of each customer this recomputation saw
+        for table_rows in journaled.values():
+            for row in table_rows:
+                read[row["customer_id"]] = max(read[row["customer_id"]], row["seq"])
+        with data_lock(self.paths, timeout=LOCK_WAIT_SECONDS):
+            current = journal.claim(self._journal, read)
+            # Rows carry the time of this write, later than any before: Feast's Redis store
+            # keeps a row only when it is newer than the one stored.
+            written_at = max(now, pd.Timestamp.now(tz="UTC"), self._last_written + pd.Timedelta(microseconds=1))
+            self._last_written = written_at
+            moment = written_at.to_pydatetime()
+            for view, rows in views.items():
+                rows = [{**row, TIME_FIELDS[view]: moment} for row in rows if row["customer_id"] in current]
+                if rows:
+                    self.pusher.push(PUSH_SOURCES[view], rows)
+            self._clear_scores([row for row in views[PROFILE_VIEW] if row["customer_id"] in current], moment)
+            journal.mark_applied(self._journal, {c: read[c] for c in current})
 
     def _clear_scores(self, profiles: list[dict], written_at: datetime) -> None:
         """Clear the stored indicators of customers who may no longer be profiled."""

@@ -252,7 +252,9 @@ class CustomerIndicators:
         Only customers who may be profiled take part: a seed id without consent is left out
         (and counted), and the audience is drawn from consenting customers only."""
         everyone = self._latest_features()
-        population = everyone[may_score(everyone["profiling_consent"], self.unknown_consent)].reset_index(drop=True)
+        changed = journal.latest_consents(self.config.paths)  # given or withdrawn by events since the build
+        consents = [changed.get(c, v) for c, v in zip(everyone["customer_id"], everyone["profiling_consent"], strict=True)]
+        population = everyone[may_score(consents, self.unknown_consent)].reset_index(drop=True)
         asked = set(seed_customer_ids)
         seeds = asked & set(population["customer_id"])
         without_consent = len(asked & set(everyone["customer_id"])) - len(seeds)

@@ -44,3 +44,38 @@ def test_an_import_of_streamed_rows_adds_nothing_and_the_log_holds_each_once(gen
     finally:
         con.close()
     assert counted == 20  # the journal's rows, once; none imported again
+
+
+def test_a_write_from_an_older_read_of_the_journal_never_lands_after_a_newer_one(generated_dir, tmp_path, monkeypatch) -> None:
+    """Two writers (two endpoint processes) recompute outside the data lock. Here one batch's
+    recomputation is overtaken: while it runs, another writer journals a later purchase of
+    the same customer and writes it online. The overtaken batch's rows, read from the older
+    journal, are not written: the online rows end equal to a full rebuild, both purchases in."""
+    import serving.events
+    from training.features import live
+    from training.features import store as feature_store
+
+    config = event_world(generated_dir, tmp_path / "data", bare=True)
+    first, second = EventSink(config), EventSink(config)
+    customer = pd.read_parquet(config.paths.raw_table("transactions"), columns=["customer_id"])["customer_id"].iloc[0]
+    now = data_end(config.paths) + timedelta(days=1)
+
+    def purchase(event_id: str, hours: int) -> dict:
+        return {"event_id": event_id, "kind": "transaction", "customer_id": customer,
+                "timestamp": (now - timedelta(hours=hours)).isoformat(), "amount": 10.0 + hours}
+
+    recompute, overtaken = serving.events.recompute, []
+
+    def overtaken_once(*args, **kwargs):
+        if not overtaken:
+            overtaken.append(True)
+            second.accept([purchase("later", 1)], now=now)  # journals and writes while this one computes
+        return recompute(*args, **kwargs)
+
+    monkeypatch.setattr(serving.events, "recompute", overtaken_once)
+    first.accept([purchase("earlier", 2)], now=now)
+    assert overtaken
+    store = feature_store.feature_store(config)
+    cutoff = first._cutoff(pd.Timestamp(now))
+    online = feature_store.online_features(store, [customer], cutoff)
+    assert live.batch_mismatches(config.paths, online, [customer], cutoff) == []

@@ -127,6 +127,14 @@ def test_a_withdrawn_consent_clears_the_scores_at_once(world) -> None:
     profile = client.post("/profile", json={"customer_ids": [customer], "reasons": 0}).json()
     assert profile["not_scored_without_consent"] == [customer] and profile["profiles"] == []
     assert stored() == {"customer_id": [customer], "p_churn": [None], "model_versions": ["{}"]}
+    # Nor do the batch and the lookalike audience take them, before any feature build.
+    from serving.batch import score_all
+
+    assert customer not in set(pd.read_parquet(score_all(config).parquet)["customer_id"])
+    seeds = [c for c in _consenting(config, 60) if c != customer][:30]
+    audience = client.post("/lookalike", json={"seed_customer_ids": [*seeds, customer], "audience_percent": 50}).json()
+    assert audience["seed_ids_without_consent"] == 1
+    assert customer not in {member["customer_id"] for member in audience["audience"]}
 
 
 @pytest.mark.parametrize(("event", "reason"), [

@@ -64,6 +64,8 @@ def _schema() -> list[str]:
             f'CREATE INDEX IF NOT EXISTS {table}_time ON {table} ("{TIME_COLUMNS[table][0]}")',
         ]
     statements.append("CREATE INDEX IF NOT EXISTS transactions_order ON transactions (order_id)")
+    # Per customer, the latest journal row the online store's rows were recomputed from.
+    statements.append("CREATE TABLE IF NOT EXISTS applied (customer_id TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
     return statements
 
 
@@ -185,6 +187,17 @@ def read_frames(paths: Paths) -> dict[str, pd.DataFrame]:
         return {table: frame.drop(columns="seq") for table, frame in frames(connection).items()}
 
 
+def latest_consents(paths: Paths) -> dict[str, bool]:
+    """Each customer's latest ``profiling_consent`` given by an accepted event."""
+    if not journal_file(paths).exists():
+        return {}
+    with closing(connect(paths)) as connection:
+        rows = connection.execute(
+            "SELECT customer_id, profiling_consent FROM customers WHERE profiling_consent IS NOT NULL ORDER BY seq"
+        ).fetchall()
+    return {customer_id: bool(value) for customer_id, value in rows}
+
+
 def latest_time(connection: sqlite3.Connection) -> pd.Timestamp | None:
     """The latest transaction or behavioural event time in the journal."""
     values = [connection.execute(f'SELECT max("timestamp") FROM {t}').fetchone()[0] for t in ("transactions", "events")]
@@ -198,6 +211,40 @@ def known_customers(connection: sqlite3.Connection, customer_ids: Sequence[str])
         return set()
     marks = ", ".join("?" * len(customer_ids))
     return {row[0] for row in connection.execute(f"SELECT DISTINCT customer_id FROM accepted WHERE customer_id IN ({marks})", list(customer_ids))}
+
+
+def claim(connection: sqlite3.Connection, read: dict[str, int]) -> set[str]:
+    """The customers whose rows, recomputed from the journal up to ``read[customer]``, may be
+    written online: no write from a later read came first. Call under the data lock."""
+    if not read:
+        return set()
+    ids = list(read)
+    marks = ", ".join("?" * len(ids))
+    done = dict(connection.execute(f"SELECT customer_id, seq FROM applied WHERE customer_id IN ({marks})", ids))
+    return {c for c, seq in read.items() if done.get(c, -1) < seq or seq == 0}
+
+
+def mark_applied(connection: sqlite3.Connection, read: dict[str, int]) -> None:
+    """Record that the customers' online rows now hold the journal up to ``read[customer]``."""
+    connection.executemany(
+        "INSERT INTO applied (customer_id, seq) VALUES (?, ?) ON CONFLICT(customer_id) DO UPDATE SET seq = "
+        "max(seq, excluded.seq)", list(read.items()))
+
+
+def max_seq(paths: Paths) -> int:
+    """The order of the latest accepted event (0 without a journal)."""
+    if not journal_file(paths).exists():
+        return 0
+    with closing(connect(paths)) as connection:
+        return connection.execute("SELECT coalesce(max(seq), 0) FROM accepted").fetchone()[0]
+
+
+def applied_after(paths: Paths, seq: int) -> set[str]:
+    """The customers whose online rows were written from journal rows after ``seq``."""
+    if not journal_file(paths).exists():
+        return set()
+    with closing(connect(paths)) as connection:
+        return {c for (c,) in connection.execute("SELECT customer_id FROM applied WHERE seq > ?", [seq])}
 
 
 def order_owners(connection: sqlite3.Connection, order_ids: Sequence[str]) -> dict[str, str]:
@@ -221,16 +268,17 @@ def erase(paths: Paths, customer_ids: Sequence[str]) -> tuple[int, set[str]]:
         connection.execute("BEGIN IMMEDIATE")
         for table in TABLES:
             deleted += connection.execute(f"DELETE FROM {table} WHERE customer_id IN ({marks})", list(customer_ids)).rowcount
-        connection.execute(f"DELETE FROM accepted WHERE customer_id IN ({marks})", list(customer_ids))
+        for table in ("accepted", "applied"):
+            connection.execute(f"DELETE FROM {table} WHERE customer_id IN ({marks})", list(customer_ids))
         connection.execute("COMMIT")
     return deleted, found
 
 
 def count_rows(paths: Paths, customer_ids: Sequence[str]) -> int:
-    """The journal's rows (event ids included) of ``customer_ids``."""
+    """The journal's rows (event ids and marks included) of ``customer_ids``."""
     if not journal_file(paths).exists() or not customer_ids:
         return 0
     with closing(connect(paths)) as connection:
         marks = ", ".join("?" * len(customer_ids))
         return sum(connection.execute(f"SELECT count(*) FROM {table} WHERE customer_id IN ({marks})", list(customer_ids)).fetchone()[0]
-                   for table in (*TABLES, "accepted"))
+                   for table in (*TABLES, "accepted", "applied"))

@@ -175,6 +175,18 @@ def data_end(paths: Paths) -> datetime:
     return midnight_after(latest)
 
 
+def journal_mark(paths: Paths) -> int:
+    """The latest accepted event the feature files include (0: none, or built before events)."""
+    mark = paths.features / JOURNAL_MARK
+    return int(mark.read_text()) if mark.exists() else 0
+
+
+def write_private_text(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
 def midnight_after(latest: datetime) -> datetime:
     """``latest`` itself if it is a midnight (UTC), else the next midnight."""
     latest = as_utc(latest)
@@ -196,9 +208,13 @@ def build_snapshots(
         return _build_snapshots(paths, cutoffs, on_step)
 
 
+JOURNAL_MARK = ".journal_seq"  # in features/: the latest accepted event the files include
+
+
 def _build_snapshots(paths: Paths, cutoffs: Sequence[datetime], on_step: Callable[[str], None] | None) -> dict[str, Path]:
     cutoffs = sorted({as_utc(c) for c in cutoffs})
     paths.features.mkdir(parents=True, exist_ok=True)
+    seq = journal.max_seq(paths)  # read before the journal is: the build holds at least this much
     con = connect(paths)
     written: dict[str, Path] = {}
     try:
@@ -218,6 +234,7 @@ def _build_snapshots(paths: Paths, cutoffs: Sequence[datetime], on_step: Callabl
         con.sql(read_sql("profile.sql")).write_parquet(str(partial), compression="zstd")
         partial.replace(profile)
         written[PROFILE_VIEW] = profile
+        write_private_text(paths.features / JOURNAL_MARK, str(seq))
         if on_step is not None:
             on_step(PROFILE_VIEW)
     finally:

@@ -32,8 +32,9 @@ from feature_repo.feature_views import (
 )
 from feature_repo.on_demand_views import customer_recency, request_time
 from training.config import Config, Paths
+from training.data import journal
 from training.data.suppression import data_lock
-from training.features import online_store
+from training.features import online_store, snapshots
 
 DEFAULT_SERVICE = customer_indicators_v1.name
 BATCH_VIEWS = (customer_transactions, customer_behaviour, customer_profile)
@@ -107,6 +108,9 @@ def write_latest_online(store: FeatureStore, paths: Paths) -> dict[str, int]:
 
 def _write_latest_online(store: FeatureStore, paths: Paths) -> dict[str, int]:
     written: dict[str, int] = {}
+    # Customers whose rows accepted events wrote from later journal rows than the files hold
+    # keep those: they are newer.
+    fresher = journal.applied_after(paths, snapshots.journal_mark(paths))
     for view in BATCH_VIEWS:
         source_file = paths.features / Path(view.batch_source.path).name
         ts = view.batch_source.timestamp_field
@@ -119,6 +123,8 @@ def _write_latest_online(store: FeatureStore, paths: Paths) -> dict[str, int]:
         # newer than the stored one, which rows pushed by accepted events may be.
         written_at = pd.Timestamp.now(tz="UTC")
         latest[ts] = pd.to_datetime(latest[ts], utc=True).clip(lower=written_at)
+        if fresher:
+            latest = latest[~latest["customer_id"].isin(fresher)]
         write_online(store, view.name, latest)
         written[view.name] = len(latest)
     return written
