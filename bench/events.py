@@ -111,8 +111,9 @@ def bench(data_dir: Path | None, seconds: float, clients: int) -> dict:
     key = secrets.token_urlsafe(32)
     results: dict = {"measured_at": now.isoformat(timespec="seconds"), "machine": machine_info(),
                      "workers": config.server_workers, "clients": clients, "seconds_per_phase": seconds}
+    log = scratch / "server.log"
     try:
-        with running_server(config, api_key=key) as url:
+        with running_server(config, api_key=key, log_path=log) as url:
             headers = {"Authorization": f"Bearer {key}"}
             # Warm-up: raw rows into memory in every worker; the data's 'now' set (an event at now).
             first = [{"event_id": "warm-now", "kind": "event", "customer_id": ids[0], "timestamp": now.isoformat(), "event_type": "session"}]
@@ -148,6 +149,9 @@ def bench(data_dir: Path | None, seconds: float, clients: int) -> dict:
                 "p99_under_load_over_alone": round(loaded["p99_ms"] / alone["p99_ms"], 2),
             }
         results["exactness"] = _exactness(config)
+    except Exception:
+        print(log.read_text()[-6000:] if log.exists() else "no server log")
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return results

@@ -18,6 +18,7 @@ When ``accept`` returns, the events are on disk and every profile read reflects 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from training.features import store as feature_store
 from training.features.live import RawRows, recompute
 from training.features.snapshots import PROFILE_VIEW, midnight_after
 
+log = logging.getLogger(__name__)
 KIND_TABLE = {"transaction": "transactions", "event": "events", "customer": "customers"}
 PUSH_SOURCES = {
     "customer_transactions": "customer_transactions_push",
@@ -88,15 +90,19 @@ class EventSink:
         self.config = config
         self.paths = config.paths
         self.store = store if store is not None else feature_store.feature_store(config)
-        self.pusher = feature_store.Pusher(self.store)
+        self.pusher = feature_store.Pusher(self.store, self.paths)
         self.raw = RawRows(self.paths)
         self.suppression = Suppression(self.paths)
         self._lock = threading.Lock()
         self._journal = journal.connect(self.paths)
+        # The marks of what is online are a hint for ordering writes, not data: kept without
+        # waiting for the disk (the journal's own commits do wait).
+        self._marks = journal.connect(self.paths, durable=False)
         self._last_written = pd.Timestamp(0, tz="UTC")
 
     def close(self) -> None:
         self._journal.close()
+        self._marks.close()
 
     def latest_time(self) -> pd.Timestamp | None:
         """The latest transaction or behavioural event time of the journal."""
@@ -131,6 +137,7 @@ class EventSink:
                 except (DataBusy, OnlineWriteFailed):
                     raise
                 except Exception as error:  # a store is a backend: its failure is reported, not raised as ours
+                    log.error("online write of %d customer(s) failed", len(customers), exc_info=True)
                     raise OnlineWriteFailed(f"{len(written.accepted)} event(s) journaled, the online write failed "
                                             f"({type(error).__name__}): send the batch again") from error
         return Accepted(
@@ -183,31 +190,28 @@ class EventSink:
         for table_rows in journaled.values():
             for row in table_rows:
                 read[row["customer_id"]] = max(read[row["customer_id"]], row["seq"])
+        prepared = [p for view, rows in views.items() if rows for p in self.pusher.prepare(PUSH_SOURCES[view], rows)]
+        prepared += self._cleared_scores(views[PROFILE_VIEW])
         with data_lock(self.paths, timeout=LOCK_WAIT_SECONDS):
             current = journal.claim(self._journal, read)
             # Rows carry the time of this write, later than any before: Feast's Redis store
             # keeps a row only when it is newer than the one stored.
             written_at = max(now, pd.Timestamp.now(tz="UTC"), self._last_written + pd.Timedelta(microseconds=1))
             self._last_written = written_at
-            moment = written_at.to_pydatetime()
-            for view, rows in views.items():
-                rows = [{**row, TIME_FIELDS[view]: moment} for row in rows if row["customer_id"] in current]
-                if rows:
-                    self.pusher.push(PUSH_SOURCES[view], rows)
-            self._clear_scores([row for row in views[PROFILE_VIEW] if row["customer_id"] in current], moment)
-            journal.mark_applied(self._journal, {c: read[c] for c in current})
+            self.pusher.write([p.only(current) for p in prepared], written_at.to_pydatetime())
+            journal.mark_applied(self._marks, {c: read[c] for c in current})
 
-    def _clear_scores(self, profiles: list[dict], written_at: datetime) -> None:
-        """Clear the stored indicators of customers who may no longer be profiled."""
+    def _cleared_scores(self, profiles: list[dict]) -> list:
+        """Empty stored indicators for customers who may no longer be profiled."""
         policy = policy_for(self.paths, self.config.scoring.unknown_consent)
         allowed = may_score([row["profiling_consent"] for row in profiles], policy)
         barred = [row["customer_id"] for row, ok in zip(profiles, allowed, strict=True) if not ok]
         if not barred:
-            return
+            return []
         # Every indicator empty; a row of nulls alone is skipped by Feast's writer, so "no
         # models" is the one value kept.
-        cleared = [{"customer_id": c, "scored_at": written_at, "model_versions": json.dumps({})} for c in barred]
-        self.pusher.push(PUSH_SOURCES["customer_predictions"], cleared)
+        cleared = [{"customer_id": c, "model_versions": json.dumps({})} for c in barred]
+        return self.pusher.prepare(PUSH_SOURCES["customer_predictions"], cleared)
 
 
 SIGNUP_SUFFIX = "#signup"

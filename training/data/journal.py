@@ -69,12 +69,13 @@ def _schema() -> list[str]:
     return statements
 
 
-def connect(paths: Paths) -> sqlite3.Connection:
-    """A connection to the journal (created if absent), durable on every commit."""
+def connect(paths: Paths, durable: bool = True) -> sqlite3.Connection:
+    """A connection to the journal (created if absent), durable on every commit (with
+    ``durable=False``, safe from corruption but not from a power cut)."""
     paths.raw.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(journal_file(paths), timeout=30, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA journal_mode = WAL")
-    connection.execute("PRAGMA synchronous = FULL")
+    connection.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
     connection.execute("PRAGMA busy_timeout = 30000")
     for statement in _schema():
         connection.execute(statement)

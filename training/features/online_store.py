@@ -23,7 +23,8 @@ writes after such changes can tell apart). A write of some features keeps the ot
 Feast's per-feature upsert does. ``write_frame``
 serializes a frame a column at a time, not a protobuf object per value.
 
-The database runs in WAL mode, so the endpoint keeps reading while a batch writes. A store in
+The database runs in WAL mode, so the endpoint keeps reading while a batch writes, with
+``synchronous=NORMAL``: what it holds is derived from the raw log, rebuilt by ``indicators features``. A store in
 Feast's layout is converted on the next ``apply`` (``update``), in one transaction.
 
 Selected in ``store.repo_config`` with the custom-store ``type`` Feast documents.
@@ -37,6 +38,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any, Literal
@@ -71,6 +73,25 @@ class StoreNotWritten(RuntimeError):
     """The online store has no table for a feature view: the repo was never applied to it."""
 
 
+@dataclass(frozen=True)
+class EncodedRows:
+    """A view's rows as this store keeps them, ready to write (``write_encoded``)."""
+
+    view: FeatureView
+    entity_keys: list[bytes]
+    blobs: list[bytes]
+    event_ts: list[int]
+    created_ts: list[int | None]
+
+    def at(self, epoch_seconds: int) -> EncodedRows:
+        """The same rows, written at another time."""
+        return replace(self, event_ts=[epoch_seconds] * len(self.entity_keys))
+
+    def subset(self, positions: Sequence[int]) -> EncodedRows:
+        return replace(self, entity_keys=[self.entity_keys[i] for i in positions], blobs=[self.blobs[i] for i in positions],
+                       event_ts=[self.event_ts[i] for i in positions], created_ts=[self.created_ts[i] for i in positions])
+
+
 def _uses_feasts_tables(config: RepoConfig) -> bool:
     settings = config.online_store
     return bool(
@@ -97,6 +118,9 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
             # while another process holds it, it fails and is tried again on the next call.
             try:
                 if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                    # A commit survives a killed process without waiting for the disk; a power
+                    # cut may take the last ones, which the raw log and its journal rebuild.
+                    conn.execute("PRAGMA synchronous = NORMAL")
                     self._wal_connection = conn
             except sqlite3.OperationalError as error:
                 logging.getLogger(__name__).warning("online store not yet in WAL mode: %s", error)
@@ -155,7 +179,9 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
         self._write_batch(config, table, pa.RecordBatch.from_pandas(frame, preserve_index=False))
 
     def _write_batch(self, config: RepoConfig, table: FeatureView, batch: pa.RecordBatch) -> None:
-        names = tuple(feature.name for feature in table.features)
+        self.write_encoded(config, [self._encode(config, table, batch)])
+
+    def _encode(self, config: RepoConfig, table: FeatureView, batch: pa.RecordBatch) -> EncodedRows:
         join_keys = {entity.name: entity.dtype.to_value_type() for entity in table.entity_columns}
         keys = list(join_keys)
         key_values = {name: _proto_values(batch.column(name), kind) for name, kind in join_keys.items()}
@@ -169,18 +195,31 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
         source = table.batch_source
         event_ts = _epochs(batch.column(source.timestamp_field))
         created_ts = _epochs(batch.column(source.created_timestamp_column)) if source.created_timestamp_column else [None] * batch.num_rows
+        return EncodedRows(table, entity_keys, blobs, event_ts, created_ts)
+
+    def encode_rows(self, config: RepoConfig, table: FeatureView, rows: Sequence[dict[str, Any]]) -> EncodedRows:
+        """A few rows given as dicts (aware datetimes), encoded as ``write_frame`` would store
+        them: the work of a write but the database's, to do before taking a lock."""
+        if not self.covers(config):
+            raise ValueError(f"encode_rows does not cover this online store configuration: {config.online_store}")
+        return self._encode(config, table, pa.RecordBatch.from_pylist(list(rows), schema=_arrow_schema(table)))
+
+    def write_encoded(self, config: RepoConfig, encoded: Sequence[EncodedRows]) -> None:
+        """Write rows of one or more views in one transaction."""
         conn = self._get_conn(config)
         with conn:
-            layout = _layout_id(conn, config, table, names)
-            _upsert(conn, config, table, zip(entity_keys, [layout] * batch.num_rows, blobs, event_ts, created_ts, strict=True))
+            for rows in encoded:
+                if not rows.entity_keys:
+                    continue
+                layout = _layout_id(conn, config, rows.view, tuple(f.name for f in rows.view.features))
+                _upsert(conn, config, rows.view, zip(rows.entity_keys, [layout] * len(rows.entity_keys), rows.blobs,
+                                                     rows.event_ts, rows.created_ts, strict=True))
 
     def write_rows(self, config: RepoConfig, table: FeatureView, rows: Sequence[dict[str, Any]]) -> None:
         """``write_frame`` for a few rows given as dicts (aware datetimes), as events arrive:
         a pandas frame costs 10 ms a write to build and convert, an Arrow batch a fraction."""
-        if not self.covers(config):
-            raise ValueError(f"write_rows does not cover this online store configuration: {config.online_store}")
         if rows:
-            self._write_batch(config, table, pa.RecordBatch.from_pylist(list(rows), schema=_arrow_schema(table)))
+            self.write_encoded(config, [self.encode_rows(config, table, rows)])
 
     def delete_entity_keys(self, config: RepoConfig, views: Sequence[FeatureView], entity_keys: list[bytes]) -> int:
         """Delete these serialized entity keys from every view's rows (Feast's tables too); rows deleted."""

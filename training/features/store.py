@@ -159,30 +159,74 @@ class Pusher:
     rows without Feast's per-value conversion). The views are looked up once: Feast's own
     ``push`` reads them from the registry twice a call, converting every definition (40 ms)."""
 
-    def __init__(self, store: FeatureStore) -> None:
+    def __init__(self, store: FeatureStore, paths: Paths) -> None:
         self.store = store
+        self.paths = paths
         self._views: dict[str, list[FeatureView]] = {}
 
-    def push(self, push_source_name: str, rows: list[dict[str, Any]]) -> None:
-        """Write ``rows`` (dicts: join key, features, the views' timestamp field; aware times)."""
+    def _fed_by(self, push_source_name: str) -> list[FeatureView]:
+        return [v for v in self.store.list_feature_views(allow_cache=False)
+                if v.stream_source is not None and v.stream_source.name == push_source_name]
+
+    def _views_fed_by(self, push_source_name: str) -> list[FeatureView]:
         views = self._views.get(push_source_name)
         if views is None:
-            views = [v for v in self.store.list_feature_views()
-                     if v.stream_source is not None and v.stream_source.name == push_source_name]
+            views = self._fed_by(push_source_name)
+            if not views:  # a registry applied before the views had push sources: apply them
+                apply(self.store, self.paths)
+                views = self._fed_by(push_source_name)
             if not views:
                 raise ValueError(f"no feature view is fed by push source {push_source_name!r}")
             self._views[push_source_name] = views
+        return views
+
+    def prepare(self, push_source_name: str, rows: list[dict[str, Any]]) -> list[PreparedWrite]:
+        """What ``write`` writes for ``rows`` (dicts: join key and features; aware times): on the
+        embedded store the encoded rows, so the encoding happens before any lock is taken."""
         provider = self.store._get_provider()
         online = provider.online_store
         lean = isinstance(online, online_store.LeanSqliteOnlineStore) and online.covers(self.store.config)
-        for view in views:
+        prepared = []
+        for view in self._views_fed_by(push_source_name):
             features = [f.name for f in view.features]
             if not any(row.get(name) is not None for row in rows for name in features):
                 continue  # as Feast's push: rows without values write nothing
-            if lean:
-                online.write_rows(self.store.config, view, rows)
-            else:
-                provider.ingest_df(view, pd.DataFrame(rows))
+            ids = [row[customer.join_key] for row in rows]
+            timed = [{**row, view.batch_source.timestamp_field: _EPOCH} for row in rows]
+            prepared.append(PreparedWrite(view, ids, online.encode_rows(self.store.config, view, timed) if lean else rows))
+        return prepared
+
+    def write(self, prepared: list[PreparedWrite], written_at: datetime) -> None:
+        """Write prepared rows with the time ``written_at``: on the embedded store in one
+        transaction, else through the provider's ``ingest_df``, view by view."""
+        provider = self.store._get_provider()
+        encoded = [p.rows.at(int(written_at.timestamp())) for p in prepared if isinstance(p.rows, online_store.EncodedRows)]
+        if encoded:
+            provider.online_store.write_encoded(self.store.config, encoded)
+        for p in prepared:
+            if not isinstance(p.rows, online_store.EncodedRows) and p.rows:
+                frame = pd.DataFrame(p.rows).assign(**{p.view.batch_source.timestamp_field: pd.Timestamp(written_at)})
+                provider.ingest_df(p.view, frame)
+
+    def push(self, push_source_name: str, rows: list[dict[str, Any]], written_at: datetime) -> None:
+        self.write(self.prepare(push_source_name, rows), written_at)
+
+
+@dataclass(frozen=True)
+class PreparedWrite:
+    """One view's rows ready to write: encoded for the embedded store, else as dicts."""
+
+    view: FeatureView
+    customer_ids: list[str]
+    rows: online_store.EncodedRows | list[dict[str, Any]]
+
+    def only(self, customer_ids: set[str]) -> PreparedWrite:
+        keep = [i for i, c in enumerate(self.customer_ids) if c in customer_ids]
+        rows = self.rows.subset(keep) if isinstance(self.rows, online_store.EncodedRows) else [self.rows[i] for i in keep]
+        return PreparedWrite(self.view, [self.customer_ids[i] for i in keep], rows)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _entity_keys(store: FeatureStore, customer_ids: list[str]) -> list[bytes]:
