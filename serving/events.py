@@ -98,16 +98,18 @@ class EventSink:
         # The marks of what is online are a hint for ordering writes, not data: kept without
         # waiting for the disk (the journal's own commits do wait).
         self._marks = journal.connect(self.paths, durable=False)
+        self._reader, self._read_lock = journal.connect(self.paths), threading.Lock()
         self._last_written = pd.Timestamp(0, tz="UTC")
 
     def close(self) -> None:
-        self._journal.close()
-        self._marks.close()
+        for connection in (self._journal, self._marks, self._reader):
+            connection.close()
 
     def latest_time(self) -> pd.Timestamp | None:
-        """The latest transaction or behavioural event time of the journal."""
-        with self._lock:
-            return journal.latest_time(self._journal)
+        """The latest transaction or behavioural event time of the journal (a read of its own:
+        a profile read never waits for a batch being applied)."""
+        with self._read_lock:
+            return journal.latest_time(self._reader)
 
     def accept(self, events: Sequence[dict[str, Any]], now: datetime | None = None) -> Accepted:
         """Check, journal and apply ``events`` (dicts as ``serving.schemas`` events dump them).
