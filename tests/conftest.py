@@ -85,6 +85,16 @@ def event_world(generated_dir: Path, root: Path, bare: bool = False):
     return config
 
 
+@pytest.fixture(scope="session")
+def service_app():
+    """The endpoint's ASGI app, built once a session (BentoML registers its metrics when it
+    builds one: a second build fails). Each TestClient over it starts a service instance
+    that reads the environment of its moment."""
+    from serving.service import CustomerIndicators
+
+    return CustomerIndicators.to_asgi()
+
+
 TRAINED_CUSTOMERS = 1_500
 # The servers the tests start accept this key with every scope (INDICATORS_API_KEY).
 API_KEY = "tests-only-key-not-for-production"

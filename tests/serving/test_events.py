@@ -14,7 +14,7 @@ from tests.conftest import API_KEY, AUTH
 
 
 @pytest.fixture(scope="module")
-def world(trained, tmp_path_factory):
+def world(trained, service_app, tmp_path_factory):
     """A scored copy of the trained world, the endpoint on it, and "now" for its events."""
     from serving.batch import score_all
     from training.config import Config
@@ -28,11 +28,11 @@ def world(trained, tmp_path_factory):
     mp.setenv("INDICATORS_DATA_DIR", str(root))
     mp.setenv("INDICATORS_MLFLOW_DIR", str(root / "mlflow"))
     mp.setenv("INDICATORS_API_KEY", API_KEY)
-    from serving.service import CustomerIndicators
-
-    with TestClient(CustomerIndicators.to_asgi(), headers=AUTH) as client:
-        yield copy, client
-    mp.undo()
+    try:
+        with TestClient(service_app, headers=AUTH) as client:
+            yield copy, client
+    finally:
+        mp.undo()
 
 
 def _now() -> datetime:

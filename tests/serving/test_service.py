@@ -10,17 +10,17 @@ from tests.conftest import API_KEY, AUTH
 
 
 @pytest.fixture(scope="module")
-def client(trained):
+def client(trained, service_app):
     config, _ = trained
     mp = pytest.MonkeyPatch()
     mp.setenv("INDICATORS_DATA_DIR", str(config.data_dir))
     mp.setenv("INDICATORS_MLFLOW_DIR", str(config.mlflow_store))
     mp.setenv("INDICATORS_API_KEY", API_KEY)
-    from serving.service import CustomerIndicators
-
-    with TestClient(CustomerIndicators.to_asgi(), headers=AUTH) as test_client:
-        yield test_client
-    mp.undo()
+    try:
+        with TestClient(service_app, headers=AUTH) as test_client:
+            yield test_client
+    finally:
+        mp.undo()  # a failed start must not leave this world's paths to later tests
 
 
 def _ids(trained, consent: bool, n: int) -> list[str]:

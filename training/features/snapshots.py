@@ -208,7 +208,7 @@ def build_snapshots(
         return _build_snapshots(paths, cutoffs, on_step)
 
 
-JOURNAL_MARK = ".journal_seq"  # in features/: the latest accepted event the files include
+JOURNAL_MARK = "journal_seq.txt"  # in features/: the latest accepted event the files include
 
 
 def _build_snapshots(paths: Paths, cutoffs: Sequence[datetime], on_step: Callable[[str], None] | None) -> dict[str, Path]:
