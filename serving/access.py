@@ -165,6 +165,7 @@ class ApiKeyMiddleware:
 
     def __init__(self, app: Any, keys_file: Path | None = None, extra_key: str | None = None) -> None:
         self.app = app
+        self._given_keys_file = keys_file
         self._keys_file = keys_file
         self._store: KeyStore | None = None
         extra_key = extra_key or os.environ.get(ENV_KEY)
@@ -183,7 +184,8 @@ class ApiKeyMiddleware:
         return self._store
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
+        if scope["type"] == "lifespan":  # a (re)start reads the configuration of its moment
+            self._keys_file, self._store = self._given_keys_file, None
             await self.app(scope, receive, send)
             return
         if scope["type"] != "http":  # no websocket route: refused, not let through
