@@ -19,20 +19,10 @@ from bisect import bisect_right
 from collections import defaultdict
 from datetime import datetime, timedelta
 
+from training.data.schemas import OPTIONAL_COLUMNS
+
 CATEGORIES = ("apparel", "home", "electronics", "beauty", "grocery", "sustainable")
-PROFILE_COLUMNS = (
-    "age_band",
-    "region",
-    "income_band",
-    "acquisition_channel",
-    "preferred_contact_channel",
-    "contact_frequency",
-    "marketing_consent",
-    "profiling_consent",
-    "interest_sustainable",
-    "interest_premium",
-    "interest_deals",
-)
+PROFILE_COLUMNS = tuple(OPTIONAL_COLUMNS["customers"])  # the customers table's attributes, consents included
 
 
 def _day(ts: datetime) -> datetime:
