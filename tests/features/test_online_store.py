@@ -96,7 +96,7 @@ def _view_frame(feature_world, view) -> pd.DataFrame:
 
 @pytest.mark.parametrize("view_name", ["customer_transactions", "customer_behaviour", "customer_profile", "customer_predictions"])
 def test_frame_writes_read_as_feasts_writes(feature_world, tmp_path, view_name: str) -> None:
-    """``write_frame`` (and ``write_rows``, the same rows as dicts) reads back what Feast's
+    """``write_frame`` (and ``write_rows``, the same rows as dicts, a few at a time) reads back what Feast's
     ``write_to_online_store`` route (its provider's conversion, then its own SQLite store)
     reads back, for every type the views hold, missing values, zeros and a duplicate customer
     included; over a second write too."""
@@ -114,7 +114,8 @@ def test_frame_writes_read_as_feasts_writes(feature_world, tmp_path, view_name: 
                 online_store.write_frame(config, view, written)
             elif name == "rows":
                 rows = written.astype(object).where(written.notna(), None).to_dict("records")
-                online_store.write_rows(config, view, rows)
+                for start in range(0, len(rows), 7):  # as events write: a few rows at a time
+                    online_store.write_rows(config, view, rows[start : start + 7])
             else:
                 online_store.online_write_batch(config, view, PassthroughProvider._prep_rows_to_write_for_ingestion(view, written), None)
             reads.setdefault(name, []).append(online_store.online_read(config, view, keys))

@@ -467,6 +467,8 @@ def _framed(column: pa.Array, kind: ValueType) -> list[bytes]:
         return framed
     if values.dtype.kind == "f":  # other floats: no de-duplication (it would merge 0.0 and -0.0)
         return [_frame(proto.SerializeToString()) for proto in python_values_to_proto_values(values, kind)]
+    if len(values) <= _FEW_ROWS:  # the rows of a batch of events: factorizing costs more than it saves
+        return [_framed_value(values[i : i + 1], kind) for i in range(len(values))]
     codes, distinct = pd.factorize(values)  # missing values get code -1
     converted = python_values_to_proto_values(np.asarray(distinct, dtype=values.dtype), kind)
     missing = np.flatnonzero(codes < 0)
@@ -476,12 +478,32 @@ def _framed(column: pa.Array, kind: ValueType) -> list[bytes]:
     return [blobs[code] for code in codes.tolist()]
 
 
+_FEW_ROWS = 64
+_FRAMED: dict[tuple, bytes] = {}  # (kind, dtype, value) -> its framed Value, for _framed_value
+
+
+def _framed_value(one: np.ndarray, kind: ValueType) -> bytes:
+    """``_framed`` of a one-value array, remembered: the values of a few customers' rows repeat
+    (counts, flags, categories) and Feast's converter costs tens of microseconds a call."""
+    key = (kind, one.dtype.str, one[0])
+    found = _FRAMED.get(key)
+    if found is None:
+        found = _frame(python_values_to_proto_values(one, kind)[0].SerializeToString())
+        if len(_FRAMED) >= 100_000:
+            _FRAMED.clear()
+        if one[0] == one[0]:  # NaT and NaN never equal a key: not kept
+            _FRAMED[key] = found
+    return found
+
+
 def _frame(serialized: bytes) -> bytes:
     return _FIELD_TAG + _varint(len(serialized)) + serialized
 
 
 def _epochs(column: pa.Array) -> list[int]:
     """Timestamps as Feast's SQLite store keeps them (epoch seconds), converted once per distinct value."""
+    if len(column) <= _FEW_ROWS:  # Python datetimes, as _coerce_datetime makes them
+        return [adapt_datetime_epoch(to_naive_utc(ts)) for ts in column.to_pylist()]
     codes, distinct = pd.factorize(pd.to_datetime(column.to_numpy(zero_copy_only=False)), use_na_sentinel=False)
     epochs = [adapt_datetime_epoch(to_naive_utc(_coerce_datetime(ts))) for ts in distinct]
     return [epochs[code] for code in codes.tolist()]
