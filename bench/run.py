@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024**3
 
-# Targets of the issue.
+# Our targets (each judged in ``targets``).
 TARGET_SCALE_CUSTOMERS = 1_000_000
 TARGET_SCALE_SECONDS = 600.0
 TARGET_PEAK_BYTES = 8 * GIB
@@ -848,7 +848,7 @@ def bench_online(bench: Bench) -> Result:
 
 
 def targets(report: Result) -> Result:
-    """Every target of the issue with its measured figure and whether it is met."""
+    """Each of our targets with its measured figure and whether it is met."""
     scale = next(
         (s for s in report.get("scale", []) if s["customers"] == TARGET_SCALE_CUSTOMERS), None
     )

@@ -1,4 +1,4 @@
-"""Training benchmark: stage times and backtest metrics against the targets of the models issue.
+"""Training benchmark: stage times and backtest metrics against our targets for the models.
 
     python -m bench.train --customers 100000 --out bench/train_results.json
 
@@ -63,7 +63,7 @@ def _metric(result: TrainingResult, indicator: str, metric: str, method: str) ->
 
 
 def targets(result: TrainingResult) -> dict:
-    """The issue's targets, each with the numbers it is judged on."""
+    """Our targets for the models, each with the numbers it is judged on."""
     out = {}
     by_indicator = {r.indicator: r for r in result.reports}
     for indicator, margin, kind in (

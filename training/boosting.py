@@ -104,7 +104,7 @@ def predict(booster: lgb.Booster, x: pd.DataFrame | np.ndarray) -> np.ndarray:
 
 
 def contributions(booster: lgb.Booster, x: pd.DataFrame | np.ndarray) -> np.ndarray:
-    """SHAP values (last column: expected value), identical to TreeExplainer's (DESIGN.md)."""
+    """SHAP values (last column: expected value), identical to SHAP's TreeExplainer's."""
     matrix = x if isinstance(x, np.ndarray) else as_matrix(x)
     return booster.predict(
         matrix, num_iteration=booster.best_iteration or None, pred_contrib=True, num_threads=_threads(matrix)

@@ -1,4 +1,4 @@
-"""The backtest contract of DESIGN.md: columns, ranges, one row per customer, no future."""
+"""The backtest's contract: its columns, their ranges, one row per customer, no future data."""
 
 from __future__ import annotations
 
