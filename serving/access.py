@@ -157,6 +157,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def check_extra_key(extra_key: str | None) -> None:
+    """Refuse an ``INDICATORS_API_KEY`` too short to guess at: it grants every scope. The
+    service checks it as it starts (the middleware is built only at a first request), so a
+    bad key stops the start instead of failing every request."""
+    if extra_key and len(extra_key) < MIN_ENV_KEY_LENGTH:
+        raise AccessError(f"{ENV_KEY} must hold at least {MIN_ENV_KEY_LENGTH} characters: it grants every scope")
+
+
 class ApiKeyMiddleware:
     """ASGI middleware: 401 without a valid key, 403 for a key without the route's scope.
 
@@ -169,8 +177,7 @@ class ApiKeyMiddleware:
         self._keys_file = keys_file
         self._store: KeyStore | None = None
         extra_key = extra_key or os.environ.get(ENV_KEY)
-        if extra_key and len(extra_key) < MIN_ENV_KEY_LENGTH:  # checked at start: the server does not come up
-            raise AccessError(f"{ENV_KEY} must hold at least {MIN_ENV_KEY_LENGTH} characters: it grants every scope")
+        check_extra_key(extra_key)
         self._extra_digest = _digest(extra_key) if extra_key else None
 
     @property

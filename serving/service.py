@@ -28,8 +28,7 @@ import bentoml
 import pandas as pd
 from fastapi import FastAPI, HTTPException
 
-from serving import guard
-from serving.access import ApiKeyMiddleware
+from serving import access, guard
 from serving.consent import may_score, policy_for
 from serving.events import DataBusy, EventSink, EventsRejected, OnlineWriteFailed
 from serving.schemas import (
@@ -88,6 +87,7 @@ guard.install(api)
 @bentoml.asgi_app(api, path="/")
 class CustomerIndicators:
     def __init__(self) -> None:
+        access.check_extra_key(os.environ.get(access.ENV_KEY))
         self.config = config_from_env()
         online = self.config.paths.feast / "online_store.db"
         if self.config.feast.online_store == "sqlite" and not online.exists():
@@ -369,5 +369,5 @@ def _without_password(url: str) -> str:
 
 
 # Outermost first: a request without a valid key is refused before its body is read.
-CustomerIndicators.add_asgi_middleware(ApiKeyMiddleware)
+CustomerIndicators.add_asgi_middleware(access.ApiKeyMiddleware)
 CustomerIndicators.add_asgi_middleware(guard.RequestGuard)

@@ -40,3 +40,11 @@ def test_features_without_data_is_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["features", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "no transaction log" in result.output and "Traceback" not in result.output
+
+
+def test_serve_refuses_a_short_environment_key_before_starting(tmp_path: Path, monkeypatch) -> None:
+    """The key grants every scope: too short, the server is not started (it would answer 500s)."""
+    monkeypatch.setenv("INDICATORS_API_KEY", "short")
+    result = runner.invoke(app, ["serve", "--data-dir", str(tmp_path), "--port", "3999"])
+    assert result.exit_code == 2
+    assert "INDICATORS_API_KEY must hold at least 32 characters" in result.output
