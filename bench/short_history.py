@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from bench.train import machine
+from bench.run import machine_info
 from training import baselines
 from training.backtest import read_log, run_backtest
 from training.data.ingest import ImportOptions
@@ -101,7 +101,7 @@ def run(work: Path, trials: int) -> dict:
     methods["indicators backtest"] = scored(column(long, "expected_revenue"), column(short, "expected_purchases"), column(short, "p_churn"))
     return {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine_info(),
         "data": f"CDNOW master, {len(ids):,} customers who bought by {CUTOFF}; outcomes from the full log",
         "train_and_score_seconds": round(seconds, 1),
         "train_summary_horizons": [line for line in outputs[1].splitlines() if "carried" in line],

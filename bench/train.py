@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import shutil
 import tempfile
@@ -22,34 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.run import machine_info
 from training.config import Config, ModelSettings
 from training.data.generate import GenerationSpec, generate
 from training.pipeline import TrainingResult, run_training
-
-
-def machine() -> dict:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "",
-    )
-    memory_kb = int(
-        next(
-            line.split()[1]
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal")
-        )
-    )
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu,
-        "memory_gb": round(memory_kb / 1024**2, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def _metric(result: TrainingResult, indicator: str, metric: str, method: str) -> float | None:
@@ -154,7 +128,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-train-"))
-    payload = {"created": datetime.now(UTC).isoformat(), "machine": machine(), "runs": []}
+    payload = {"created": datetime.now(UTC).isoformat(), "machine": machine_info(), "runs": []}
     runs = payload["runs"]
     try:
         for n in args.customers:

@@ -45,8 +45,6 @@ PUSH_SOURCES = {
     PROFILE_VIEW: "customer_profile_push",
     "customer_predictions": "customer_predictions_push",
 }
-TIME_FIELDS = {"customer_transactions": "snapshot_at", "customer_behaviour": "snapshot_at", PROFILE_VIEW: "profile_at",
-               "customer_predictions": "scored_at"}
 CLOCK_SKEW = timedelta(minutes=5)  # an event this far ahead of our clock is still 'now'
 LOCK_WAIT_SECONDS = 10.0
 

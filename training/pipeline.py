@@ -42,6 +42,8 @@ Step = Callable[[str], None]
 MONETARY_PREFIXES = ("revenue_", "avg_order_value", "max_order_value")
 MIN_SEED = 10  # LookalikeModel's minimum: fewer seed members cannot be split into fit and held out
 CATEGORY_PREFIXES = ("share_", "category_")
+# The plot of each kind of curves an ``Evaluation`` carries, logged under plots/.
+PLOTS = {"calibration": evaluation.plot_calibration, "gains": evaluation.plot_gains, "deciles": evaluation.plot_deciles}
 
 
 @dataclass
@@ -789,8 +791,7 @@ def _log_run(
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for kind, curves in (plots or {}).items():
-            plot = getattr(evaluation, f"plot_{kind}")
-            mlflow.log_artifact(str(plot(curves, out / f"{kind}.png", f"{name}: {kind}")), "plots")
+            mlflow.log_artifact(str(PLOTS[kind](curves, out / f"{kind}.png", f"{name}: {kind}")), "plots")
         sample = test.sample(min(len(test), 2000), random_state=config.seed) if len(test) else test
         x, contributions = model.explain(sample)
         for path in shap_plots(x, contributions * explain_sign, out / "shap", name):

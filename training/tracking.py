@@ -9,7 +9,6 @@ are logged either way.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -299,10 +298,6 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
 
 def log_table(frame: pd.DataFrame, artifact: str) -> None:
     mlflow.log_text(frame.to_csv(index=False), artifact)
-
-
-def log_json(payload: dict, artifact: str) -> None:
-    mlflow.log_text(json.dumps(payload, indent=2, default=str), artifact)
 
 
 def log_experiment(config: Config) -> None:

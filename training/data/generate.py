@@ -27,7 +27,6 @@ from training.config import as_utc
 from training.data.schemas import EVENT_TYPES
 
 CHUNK_SIZE = 25_000
-US_PER_DAY = 86_400 * 1_000_000
 
 AGE_BANDS = ["18-24", "25-34", "35-44", "45-54", "55-64", "65+"]
 AGE_P = [0.12, 0.24, 0.22, 0.18, 0.14, 0.10]
