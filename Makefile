@@ -29,7 +29,8 @@ export UV_LINK_MODE := copy
 .PHONY: help setup train data features serve test test-all test-services bench bench-events bench-train bench-serve bench-short-history load-test bento report lint mlflow-ui feast-ui clean
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST) \
+		| sed -e 's|$$(DATA)|$(DATA)|g' -e 's|$$(MLFLOW_DIR)|$(MLFLOW_DIR)|g' -e 's|$$(PORT)|$(PORT)|g'
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -98,7 +99,7 @@ lint: setup ## Ruff lint
 report: setup ## Print where the latest training report (HTML) is
 	@$(RUN)/indicators report --data-dir $(DATA)
 
-mlflow-ui: setup ## Open the MLflow UI on http://127.0.0.1:5000 (local store)
+mlflow-ui: setup ## Open the MLflow UI on http://127.0.0.1:5000 (store in $(MLFLOW_DIR)/)
 	$(RUN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 feast-ui: setup ## Open the Feast UI on http://127.0.0.1:8888 (after make train; works offline)

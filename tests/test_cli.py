@@ -26,6 +26,26 @@ def test_every_command_and_option_has_help(command: str) -> None:
     assert runner.invoke(app, [command, "--help"]).exit_code == 0
 
 
+def test_generate_help_shows_the_start_default_as_a_date() -> None:
+    result = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "2023-11-01" in result.output and "00:00:00" not in result.output
+
+
+def test_make_help_shows_the_variables_values() -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    shown = subprocess.run(
+        ["make", "-s", "help", "DATA=some/where", "PORT=4321"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    assert "$(" not in shown
+    assert "into some/where/" in shown and "127.0.0.1:4321" in shown and "some/where/mlflow/" in shown
+
+
 def test_generate_then_features_from_the_command_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["generate", "--customers", "300", "--seed", "1", "--days", "200", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output

@@ -26,6 +26,8 @@ from training.config import (
     with_experiment,
 )
 
+GENERATE_START = datetime(2023, 11, 1)  # `indicators generate --start`'s default
+
 app = typer.Typer(
     help="Predictive indicators for customer profiles: data, features, models, scores.",
     no_args_is_help=True,
@@ -84,8 +86,8 @@ def generate(
         typer.Option(envvar="INDICATORS_DATA_DIR", show_default="data/", help="Data root: writes raw/ and truth/ below it."),
     ] = None,
     start: Annotated[
-        datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the history (UTC).")
-    ] = datetime(2023, 11, 1),
+        datetime, typer.Option(formats=["%Y-%m-%d"], show_default=f"{GENERATE_START:%Y-%m-%d}", help="First day of the history (UTC).")
+    ] = GENERATE_START,
     days: Annotated[
         int, typer.Option(min=30, help="Length of the history in days (`indicators train` needs 900 for its default horizons).")
     ] = 1095,
@@ -453,9 +455,14 @@ def serve(
     """Serve the endpoint (`bentoml serve`) for this data directory and registry (what `make serve` runs)."""
     import os
 
+    from serving.access import AccessError, check_extra_key
     from serving.server import server_environment
     from training.config import PROJECT_ROOT
 
+    try:
+        check_extra_key(os.environ.get("INDICATORS_API_KEY"))
+    except AccessError as error:
+        _fail(str(error))
     config = _config(data_dir, mlflow_dir, workers=workers)
     env = {**os.environ, **server_environment(config), "INDICATORS_DATA_DIR": str(config.data_dir),
            "INDICATORS_MLFLOW_DIR": str(config.mlflow_store)}
