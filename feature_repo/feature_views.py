@@ -17,6 +17,7 @@ from feature_repo.data_sources import (
     transactions_push,
 )
 from feature_repo.entities import customer
+from training.catalogue import SEGMENTS, STORED_INDICATORS
 
 # Snapshots are monthly: a cutoff more than this after the latest snapshot gets no values
 # rather than silently stale ones.
@@ -121,20 +122,8 @@ customer_profile = FeatureView(
 )
 
 PREDICTION_FEATURES = [
-    Field(name="p_churn", dtype=Float64),
-    Field(name="p_purchase_7d", dtype=Float64),
-    Field(name="p_purchase_30d", dtype=Float64),
-    Field(name="p_purchase_90d", dtype=Float64),
-    Field(name="next_purchase_days", dtype=Float64),
-    Field(name="expected_purchases", dtype=Float64),
-    Field(name="expected_revenue", dtype=Float64),
-    Field(name="expected_revenue_p10", dtype=Float64),
-    Field(name="expected_revenue_p90", dtype=Float64),
-    Field(name="lookalike_top_value_score", dtype=Float64),
-    Field(name="lookalike_sustainable_score", dtype=Float64),
-    Field(name="value_tier", dtype=String),
-    Field(name="churn_risk_band", dtype=String),
-    Field(name="lifecycle_stage", dtype=String),
+    *(Field(name=name, dtype=Float64) for name in STORED_INDICATORS),
+    *(Field(name=name, dtype=String) for name in SEGMENTS),
     Field(name="model_versions", dtype=String, description="JSON: registered model -> version"),
 ]
 

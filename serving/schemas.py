@@ -23,6 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from feature_repo.feature_views import BEHAVIOUR_FEATURES, PROFILE_FEATURES, TRANSACTION_FEATURES
 from feature_repo.on_demand_views import RECENCY_FEATURES
+from training.catalogue import MODELS
 from training.data.schemas import EVENT_TYPES
 
 MAX_BATCH = 1000
@@ -110,14 +111,13 @@ class Reason(BaseModel):
     contribution: float = Field(description="SHAP contribution, in the direction of the indicator")
 
 
-class Indicators(BaseModel):
-    """Model outputs; null where the model is not trained (e.g. a lookalike without its seed column)."""
-
-    model_config = ConfigDict(extra="allow")
-    p_churn: float | None
-    p_purchase_30d: float | None
-    expected_purchases: float | None
-    expected_revenue: float | None
+# One field per indicator of the catalogue.
+Indicators = create_model(
+    "Indicators",
+    __config__=ConfigDict(extra="allow"),
+    __doc__="Every indicator; null where its model is not trained (a lookalike without its seed column).",
+    **{name: (float | None, Field(description=f"from the {model.name} model")) for model in MODELS for name in (i.name for i in model.indicators)},
+)
 
 
 class Profile(BaseModel):

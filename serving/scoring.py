@@ -22,27 +22,23 @@ from mlflow import MlflowClient
 
 from serving.schemas import LookalikeResponse
 from training import tracking
+from training.catalogue import (
+    AT_RISK_CHURN,
+    CHURN_BANDS,
+    EXPLAINED,
+    LAPSED_DAYS,
+    LOOKALIKES,
+    MODEL_NAMES,
+    MODELS,
+    NEW_CUSTOMER_DAYS,
+    SEGMENTS,
+)
 from training.config import Config
 from training.explain import reasons_from
 from training.models import LookalikeModel
 
-MODEL_NAMES = ("purchase_timing", "expected_purchases", "clv", "lookalike_top_value", "lookalike_sustainable")
 # Indicators each model contributes to a profile, in this order.
-INDICATOR_COLUMNS = {
-    "purchase_timing": ("p_churn", "p_purchase_7d", "p_purchase_30d", "p_purchase_90d",
-                        "next_purchase_days", "next_purchase_days_p10", "next_purchase_days_p90"),
-    "clv": ("expected_revenue", "expected_revenue_p10", "expected_revenue_p90"),
-}
-LOOKALIKES = tuple(name for name in MODEL_NAMES if name.startswith("lookalike"))
-# indicator -> (model whose SHAP values explain it, sign: churn is the complement of buying)
-EXPLAINED = {
-    "p_churn": ("purchase_timing", -1.0),
-    "expected_purchases": ("expected_purchases", 1.0),
-    "expected_revenue": ("clv", 1.0),
-    **{f"{name}_score": (name, 1.0) for name in LOOKALIKES},
-}
-SEGMENTS = ("value_tier", "churn_risk_band", "lifecycle_stage")
-CHURN_BANDS = ((0.3, "low"), (0.6, "medium"), (1.01, "high"))
+INDICATOR_COLUMNS = {model.name: tuple(i.name for i in model.indicators) for model in MODELS}
 
 
 class ChampionMissing(RuntimeError):
@@ -165,7 +161,7 @@ class Champions:
         columns = {
             "customer_id": features["customer_id"].to_numpy().astype(str),
             **{c: timing[c] for c in INDICATOR_COLUMNS["purchase_timing"]},
-            "expected_purchases": counts["expected_purchases"],
+            **{c: counts[c] for c in INDICATOR_COLUMNS["expected_purchases"]},
             **{c: revenue[c] for c in INDICATOR_COLUMNS["clv"]},
             **{
                 f"{name}_score": self.models[name].score(features, matrices[name]) if name in self.models
@@ -298,11 +294,12 @@ def churn_bands(p_churn: np.ndarray) -> np.ndarray:
 
 
 def lifecycle_stages(features: pd.DataFrame, p_churn: np.ndarray) -> np.ndarray:
-    """prospect (never bought), new (first purchase < 90 days ago), active, at_risk, lapsed."""
+    """prospect (never bought), new (first purchase < 90 days ago), lapsed (no purchase for a
+    year), at_risk (p_churn in the high band), active."""
     since_last = _days(features, "days_since_last_purchase")
     since_first = _days(features, "days_since_first_purchase")
     stages = np.select(
-        [np.isnan(since_last), since_first < 90, since_last > 365, p_churn >= 0.6],
+        [np.isnan(since_last), since_first < NEW_CUSTOMER_DAYS, since_last > LAPSED_DAYS, p_churn >= AT_RISK_CHURN],
         ["prospect", "new", "lapsed", "at_risk"],
         default="active",
     )

@@ -46,6 +46,7 @@ from serving.schemas import (
     ScoreResponse,
 )
 from serving.scoring import Champions, lookalike_audience_response, value_tiers_of
+from training import catalogue
 from training.config import as_utc, config_from_env
 from training.data import journal
 from training.dataset import features_at
@@ -326,7 +327,7 @@ class CustomerIndicators:
             "champions": self.champions.provenance,
             "feature_service": feature_store.DEFAULT_SERVICE,
             "tracking_uri": _without_password(self.config.mlflow_tracking_uri),
-            "segments": {"value_tiers": self.champions.value_tiers, "churn_bands": "low < 0.3 <= medium < 0.6 <= high"},
+            "segments": {"value_tiers": self.champions.value_tiers, "churn_bands": catalogue.churn_bands_text()},
         }
 
 

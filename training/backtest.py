@@ -14,21 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from training.catalogue import BACKTEST_INDICATORS
 from training.config import as_utc
 from training.data.ingest import ImportOptions, normalize, read_source
 from training.structural import Choice, forecast
 from training.windows import MIN_BUYERS, MIN_HISTORY_DAYS
 
-OUTPUT_COLUMNS = [
-    "customer_id",
-    "p_churn",
-    "p_purchase_30d",
-    "expected_purchases",
-    "expected_revenue",
-    "expected_revenue_p10",
-    "expected_revenue_p90",
-    "next_purchase_days",
-]
+OUTPUT_COLUMNS = ["customer_id", *BACKTEST_INDICATORS]
 
 
 class BacktestError(ValueError):

@@ -12,11 +12,12 @@ from mlflow import MlflowClient
 
 from tests.conftest import TRAINED_CUSTOMERS
 from training import tracking
+from training.catalogue import MODEL_NAMES
 from training.dataset import features_at
 from training.features import store as feature_store
 from training.models import ClvModel, CountModel, PurchaseTimingModel
 
-MODELS = ("purchase_timing", "expected_purchases", "clv", "lookalike_top_value", "lookalike_sustainable")
+MODELS = MODEL_NAMES
 
 
 def _latest_features(config, result, n: int = 300) -> pd.DataFrame:
