@@ -155,20 +155,11 @@ class Champions:
 
     def _columns(self, features: pd.DataFrame, matrices: _Matrices) -> dict[str, np.ndarray]:
         """The table's columns as arrays: one customer costs no data-frame construction."""
-        timing = self.models["purchase_timing"].indicators(matrices["purchase_timing"])
-        counts = self.models["expected_purchases"].indicators(matrices["expected_purchases"])
-        revenue = self.models["clv"].indicators(matrices["clv"])
-        columns = {
-            "customer_id": features["customer_id"].to_numpy().astype(str),
-            **{c: timing[c] for c in INDICATOR_COLUMNS["purchase_timing"]},
-            **{c: counts[c] for c in INDICATOR_COLUMNS["expected_purchases"]},
-            **{c: revenue[c] for c in INDICATOR_COLUMNS["clv"]},
-            **{
-                f"{name}_score": self.models[name].score(features, matrices[name]) if name in self.models
-                else np.full(len(features), np.nan)
-                for name in LOOKALIKES
-            },
-        }
+        columns = {"customer_id": features["customer_id"].to_numpy().astype(str)}
+        for name, indicators in INDICATOR_COLUMNS.items():
+            # A model not served (a lookalike whose seed the data cannot define) gives nulls.
+            values = self.models[name].indicators(matrices[name]) if name in self.models else {}
+            columns.update({c: values.get(c, np.full(len(features), np.nan)) for c in indicators})
         columns["value_tier"] = value_tiers(columns["expected_revenue"], self.value_tiers)
         columns["churn_risk_band"] = churn_bands(columns["p_churn"])
         columns["lifecycle_stage"] = lifecycle_stages(features, columns["p_churn"])

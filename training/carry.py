@@ -26,7 +26,7 @@ import pandas as pd
 
 from training.btyd import LABELS, MODELS, BtydFit, Rfm, fit_btyd
 from training.dataset import FeatureEncoder
-from training.models import PurchaseTimingModel, timing_indicators
+from training.models import PurchaseTimingModel, SharedModel, timing_indicators
 from training.structural import customer_summary, rfm_of
 
 RFM_FEATURES = ("purchase_days_total", "days_since_first_purchase", "days_since_last_purchase")
@@ -77,7 +77,7 @@ def customers_of(rfm: np.ndarray) -> tuple[np.ndarray, Rfm]:
 
 
 @dataclass
-class BtydOnFeatures:
+class BtydOnFeatures(SharedModel):
     """A learnt model (``learned``) and a buy-till-you-die fit that reads the served features:
     carried horizons here, the classical model served in place of a learnt one
     (``training.classical``).
@@ -109,9 +109,6 @@ class BtydOnFeatures:
     def _inner(self, matrix: np.ndarray) -> np.ndarray:
         return matrix if self.inner_columns_ is None else matrix[:, self.inner_columns_]
 
-    def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
-        return pd.DataFrame(self.indicators(self.encoder_.matrix(features) if matrix is None else matrix), index=features.index)
-
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         """The learned model's SHAP contributions (the carry adds none), on our columns."""
         inner = self.learned.contributions(self._inner(matrix))
@@ -121,10 +118,6 @@ class BtydOnFeatures:
         out[:, self.inner_columns_] = inner[:, :-1]
         out[:, -1] = inner[:, -1]
         return out
-
-    def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-        matrix = self.encoder_.matrix(features)
-        return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
 
 
 @dataclass

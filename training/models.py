@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import lightgbm as lgb
 import numpy as np
@@ -48,8 +48,43 @@ LIFETIME_FEATURES = (
 )
 
 
+class IndicatorModel(Protocol):
+    """What every served model is (learnt, carried or classical): an encoder of Feast features,
+    then indicators and SHAP contributions from the encoded matrix. ``fit`` differs by model."""
+
+    encoder_: FeatureEncoder | None
+
+    def indicators(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
+        """Each of the model's catalogue indicators (``training.catalogue``) as an array."""
+        ...
+
+    def contributions(self, matrix: np.ndarray) -> np.ndarray:
+        """SHAP contributions in the model's output space; the last column is the expected value."""
+        ...
+
+    def horizons_note(self) -> str:
+        """Which horizon was learnt, and how longer ones are carried."""
+        ...
+
+
+class SharedModel:
+    """The parts every model writes the same way, from ``encoder_``, ``indicators`` and
+    ``contributions``."""
+
+    encoder_: FeatureEncoder | None
+
+    def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
+        """The indicators as a frame, one row per row of ``features``."""
+        return pd.DataFrame(self.indicators(self.encoder_.matrix(features) if matrix is None else matrix), index=features.index)
+
+    def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        """The encoded features (for names and values) and their SHAP contributions."""
+        matrix = self.encoder_.matrix(features)
+        return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
+
+
 @dataclass
-class PurchaseTimingModel:
+class PurchaseTimingModel(SharedModel):
     horizons: tuple[int, ...]
     churn_horizon: int
     params: dict[str, Any] = field(default_factory=dict)
@@ -86,9 +121,6 @@ class PurchaseTimingModel:
         curve = self.curve(self.encoder_.matrix(features) if matrix is None else matrix)
         return pd.DataFrame(curve, columns=[f"p_purchase_{h}d" for h in self.horizons], index=features.index)
 
-    def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
-        return pd.DataFrame(self.indicators(self.encoder_.matrix(features) if matrix is None else matrix), index=features.index)
-
     def indicators(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
         """``predict``'s columns as arrays, for an encoded matrix (serving skips the frames)."""
         return timing_indicators(self.curve(matrix), self.horizons, self.churn_horizon)
@@ -112,11 +144,6 @@ class PurchaseTimingModel:
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         """SHAP contributions to the log-odds of buying within the churn horizon."""
         return contributions(self.boosters_[self.churn_horizon], matrix)
-
-    def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-        """The encoded features (for names and values) and their SHAP contributions."""
-        matrix = self.encoder_.matrix(features)
-        return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
 
 
 def timing_indicators(curve: np.ndarray, horizons: tuple[int, ...], churn_horizon: int) -> dict[str, np.ndarray]:
@@ -166,7 +193,7 @@ def _total_ratio(actual: np.ndarray, predicted: np.ndarray) -> float:
 
 
 @dataclass
-class CountModel:
+class CountModel(SharedModel):
     horizon: int
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 42
@@ -187,9 +214,6 @@ class CountModel:
         self.scale_ = _total_ratio(y_tune, predict(self.booster_, self.encoder_.transform(x_tune)))
         return self
 
-    def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
-        return pd.DataFrame(self.indicators(self.encoder_.matrix(features) if matrix is None else matrix), index=features.index)
-
     def indicators(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
         return {"expected_purchases": predict(self.booster_, matrix) * self.scale_}
 
@@ -199,14 +223,9 @@ class CountModel:
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         return contributions(self.booster_, matrix)
 
-    def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-        """The encoded features (for names and values) and their SHAP contributions."""
-        matrix = self.encoder_.matrix(features)
-        return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
-
 
 @dataclass
-class ClvModel:
+class ClvModel(SharedModel):
     horizon: int
     coverage: float = 0.8
     excluded_features: tuple[str, ...] = LIFETIME_FEATURES
@@ -253,9 +272,6 @@ class ClvModel:
         )
         return self
 
-    def predict(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> pd.DataFrame:
-        return pd.DataFrame(self.indicators(self.encoder_.matrix(features) if matrix is None else matrix), index=features.index)
-
     def indicators(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
         mean, low, upper = self._bounds(matrix)
         shift = np.where(self._bought(matrix), self.high_shift_[1], self.high_shift_[0])
@@ -276,11 +292,6 @@ class ClvModel:
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         return contributions(self.mean_, matrix)
-
-    def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-        """The encoded features (for names and values) and their SHAP contributions."""
-        matrix = self.encoder_.matrix(features)
-        return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
 
 
 def upper_shift(y: np.ndarray, low: np.ndarray, mean: np.ndarray, upper: np.ndarray, coverage: float) -> float:
@@ -304,7 +315,7 @@ def upper_shift(y: np.ndarray, low: np.ndarray, mean: np.ndarray, upper: np.ndar
 
 
 @dataclass
-class LookalikeModel:
+class LookalikeModel(SharedModel):
     """Who looks like the seed? Positive-unlabelled learning from a seed list.
 
     A classifier g(x) ~ P(seed | x) is trained on seed members, minus a held-out share, against
@@ -359,24 +370,22 @@ class LookalikeModel:
         self.seed_ids_ = ids[labelled].tolist()
         return self
 
-    def score(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
+    def indicators(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
+        return {f"{self.name}_score": self.score(None, matrix)}
+
+    def score(self, features: pd.DataFrame | None, matrix: np.ndarray | None = None) -> np.ndarray:
         """The share of the population fitted on that is less similar to the seed, in [0, 1]."""
         similarity = self.similarity(features, matrix)
         if self.rank_knots_ is None:  # fitted before rank scores: the old clipped g / c
             return np.clip(similarity / self.label_frequency_, 0.0, 1.0)
         return np.interp(similarity, *self.rank_knots_)
 
-    def similarity(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
+    def similarity(self, features: pd.DataFrame | None, matrix: np.ndarray | None = None) -> np.ndarray:
         """The classifier's raw P(seed | x)."""
         return predict(self.booster_, self.encoder_.matrix(features) if matrix is None else matrix)
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         return contributions(self.booster_, matrix)
-
-    def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-        """The encoded features (for names and values) and their SHAP contributions."""
-        matrix = self.encoder_.matrix(features)
-        return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
 
     def audience_report(self, features: pd.DataFrame, percents: tuple[float, ...], split: Split | None = None) -> pd.DataFrame:
         """Held-out seed recall, its significance, lift and expected precision for the top p% non-seed
@@ -388,7 +397,7 @@ class LookalikeModel:
 
 
 @dataclass
-class ActivityLookalikeModel:
+class ActivityLookalikeModel(SharedModel):
     """The activity baseline as a servable lookalike: the most active customers, whatever the seed.
 
     Ranks by purchase days in the last 365 days, ties by sessions in the last 90. Served, and
@@ -419,12 +428,15 @@ class ActivityLookalikeModel:
     def activity(self, matrix: np.ndarray) -> np.ndarray:
         return np.maximum(np.nan_to_num(matrix, nan=0.0) @ np.asarray(self.weights), 0.0)
 
-    def similarity(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
+    def similarity(self, features: pd.DataFrame | None, matrix: np.ndarray | None = None) -> np.ndarray:
         """The activity a as a / (1 + a): the same order, in [0, 1) like a probability."""
         activity = self.activity(self.encoder_.matrix(features) if matrix is None else matrix)
         return activity / (1.0 + activity)
 
-    def score(self, features: pd.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
+    def indicators(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
+        return {f"{self.name}_score": self.score(None, matrix)}
+
+    def score(self, features: pd.DataFrame | None, matrix: np.ndarray | None = None) -> np.ndarray:
         """The share of the population fitted on that is less active, in [0, 1]."""
         return np.interp(self.similarity(features, matrix), *self.rank_knots_)
 
@@ -433,11 +445,6 @@ class ActivityLookalikeModel:
         weights = np.asarray(self.weights)
         base = np.full((len(values), 1), float(self.mean_ @ weights))
         return np.hstack([(values - self.mean_) * weights, base])
-
-    def explain(self, features: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-        """The two activity features (names and values) and their contributions to the activity."""
-        matrix = self.encoder_.matrix(features)
-        return self.encoder_.frame_of(matrix, features.index), self.contributions(matrix)
 
     def audience_report(self, features: pd.DataFrame, percents: tuple[float, ...], split: Split | None = None) -> pd.DataFrame:
         """The same measurements as ``LookalikeModel.audience_report``, on the same held-out members."""

@@ -54,8 +54,6 @@ class IndicatorModel(mlflow.pyfunc.PythonModel):
         self.model = joblib.load(context.artifacts["model"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        if hasattr(self.model, "score"):  # lookalike
-            return pd.DataFrame({"lookalike_score": self.model.score(model_input)}, index=model_input.index)
         return self.model.predict(model_input).reset_index(drop=True)
 
 

@@ -132,7 +132,7 @@ def test_a_lookalike_that_loses_to_the_activity_baseline_gets_the_baseline_serve
         assert model.contributions(model.encoder_.matrix(latest.head(3))).shape == (3, len(model.encoder_.columns_) + 1)
         pyfunc = mlflow.pyfunc.load_model(f"models:/{report.name}@champion")
         example = latest[model.encoder_.columns_].head(5).astype(float)
-        assert pyfunc.predict(example)["lookalike_score"].between(0, 1).all()
+        assert pyfunc.predict(example)[f"{report.name}_score"].between(0, 1).all()
 
 
 def test_a_failed_run_puts_every_champion_back(tmp_path) -> None:
