@@ -17,6 +17,8 @@ HISTORY_START ?= 2023-11-01
 HISTORY_DAYS ?= 1095
 TRIALS ?= 8
 PORT ?= 3000
+MLFLOW_PORT ?= 5000
+FEAST_PORT ?= 8888
 LOAD_SECONDS ?= 600
 
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -30,7 +32,8 @@ export UV_LINK_MODE := copy
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST) \
-		| sed -e 's|$$(DATA)|$(DATA)|g' -e 's|$$(MLFLOW_DIR)|$(MLFLOW_DIR)|g' -e 's|$$(PORT)|$(PORT)|g'
+		| sed -e 's|$$(DATA)|$(DATA)|g' -e 's|$$(MLFLOW_DIR)|$(MLFLOW_DIR)|g' -e 's|$$(PORT)|$(PORT)|g' \
+			-e 's|$$(MLFLOW_PORT)|$(MLFLOW_PORT)|g' -e 's|$$(FEAST_PORT)|$(FEAST_PORT)|g'
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -99,11 +102,18 @@ lint: setup ## Ruff lint
 report: setup ## Print where the latest training report (HTML) is
 	@$(RUN)/indicators report --data-dir $(DATA)
 
-mlflow-ui: setup ## Open the MLflow UI on http://127.0.0.1:5000 (store in $(MLFLOW_DIR)/)
-	$(RUN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DIR)/mlflow.db --host 127.0.0.1 --port 5000
+# One worker and no job runner (this project runs no MLflow jobs): the UI is up in seconds on two cores.
+mlflow-ui: setup ## Open the MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (store in $(MLFLOW_DIR)/)
+	@test -f $(MLFLOW_DIR)/mlflow.db || { echo "no MLflow store in $(MLFLOW_DIR)/: run make train first" >&2; exit 1; }
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(RUN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DIR)/mlflow.db \
+		--host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
-feast-ui: setup ## Open the Feast UI on http://127.0.0.1:8888 (after make train; works offline)
-	cd feature_repo && ../$(RUN)/feast ui --host 127.0.0.1 --port 8888
+# The Feast CLI reads feature_repo/feature_store.yaml with its paths rebased onto $(DATA)/.
+FEAST_YAML = $(abspath $(DATA))/feast/feature_store.yaml
+feast-ui: setup ## Open the Feast UI of $(DATA)/ on http://127.0.0.1:$(FEAST_PORT) (after make train; works offline)
+	@test -f $(DATA)/feast/registry.db || { echo "no Feast registry in $(DATA)/feast/: run make train first" >&2; exit 1; }
+	@sed 's|\.\./data/|$(abspath $(DATA))/|' feature_repo/feature_store.yaml > $(FEAST_YAML)
+	cd feature_repo && ../$(RUN)/feast -f $(FEAST_YAML) ui --host 127.0.0.1 --port $(FEAST_PORT)
 
 clean: ## Remove generated data and local MLflow store (keeps .venv)
 	rm -rf $(DATA) mlflow/mlflow.db mlflow/artifacts mlflow/reports
