@@ -19,6 +19,8 @@ TRIALS ?= 8
 PORT ?= 3000
 MLFLOW_PORT ?= 5000
 FEAST_PORT ?= 8888
+NOTEBOOK_PORT ?= 8889
+NOTEBOOK_TOKEN ?=
 LOAD_SECONDS ?= 600
 
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -28,12 +30,12 @@ export FEAST_USAGE := False
 export PYTHONDONTWRITEBYTECODE :=
 export UV_LINK_MODE := copy
 
-.PHONY: help setup train data features serve test test-all test-services bench bench-events bench-train bench-serve bench-short-history load-test bento report lint mlflow-ui feast-ui clean
+.PHONY: help setup train data features serve test test-all test-services bench bench-events bench-train bench-serve bench-short-history load-test bento report lint mlflow-ui feast-ui notebooks clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST) \
 		| sed -e 's|$$(DATA)|$(DATA)|g' -e 's|$$(MLFLOW_DIR)|$(MLFLOW_DIR)|g' -e 's|$$(PORT)|$(PORT)|g' \
-			-e 's|$$(MLFLOW_PORT)|$(MLFLOW_PORT)|g' -e 's|$$(FEAST_PORT)|$(FEAST_PORT)|g'
+			-e 's|$$(MLFLOW_PORT)|$(MLFLOW_PORT)|g' -e 's|$$(FEAST_PORT)|$(FEAST_PORT)|g' -e 's|$$(NOTEBOOK_PORT)|$(NOTEBOOK_PORT)|g'
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -114,6 +116,13 @@ feast-ui: setup ## Open the Feast UI of $(DATA)/ on http://127.0.0.1:$(FEAST_POR
 	@test -f $(DATA)/feast/registry.db || { echo "no Feast registry in $(DATA)/feast/: run make train first" >&2; exit 1; }
 	@sed 's|\.\./data/|$(abspath $(DATA))/|' feature_repo/feature_store.yaml > $(FEAST_YAML)
 	cd feature_repo && ../$(RUN)/feast -f $(FEAST_YAML) ui --host 127.0.0.1 --port $(FEAST_PORT)
+
+# Jupyter prints the URL to open, with a login token (NOTEBOOK_TOKEN= sets it).
+notebooks: setup ## Open Jupyter Lab on notebooks/ at http://127.0.0.1:$(NOTEBOOK_PORT), reading $(DATA)/ and $(MLFLOW_DIR)/ (after make train)
+	@test -f $(MLFLOW_DIR)/mlflow.db || { echo "no MLflow store in $(MLFLOW_DIR)/: run make train first" >&2; exit 1; }
+	INDICATORS_DATA_DIR=$(abspath $(DATA)) INDICATORS_MLFLOW_DIR=$(abspath $(MLFLOW_DIR)) $(RUN)/jupyter lab --no-browser \
+		--ServerApp.ip=127.0.0.1 --ServerApp.port=$(NOTEBOOK_PORT) --ServerApp.root_dir=notebooks \
+		$(if $(NOTEBOOK_TOKEN),--IdentityProvider.token=$(NOTEBOOK_TOKEN)) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean: ## Remove generated data and local MLflow store (keeps .venv)
 	rm -rf $(DATA) mlflow/mlflow.db mlflow/artifacts mlflow/reports

@@ -1,5 +1,5 @@
-"""`make mlflow-ui` and `make feast-ui` on the trained world: each answers its home page and
-shows that world's runs or feature views, on a free loopback port, and is stopped afterwards."""
+"""`make mlflow-ui`, `make feast-ui` and `make notebooks` on the trained world: each answers its
+home page and shows that world's runs, feature views or notebooks, on a free loopback port, and is stopped afterwards."""
 
 from __future__ import annotations
 
@@ -62,11 +62,11 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def _serve(target: str, data_dir: Path, port_variable: str, log: Path):
+def _serve(target: str, data_dir: Path, port_variable: str, log: Path, *variables: str):
     """``make TARGET DATA=data_dir PORT_VARIABLE=<free port>`` in a process group of its own:
     yields its base URL once its home page answers 200; stops the group however the test ends."""
     port = _free_port()
-    command = [*MAKE, target, f"DATA={data_dir}", f"{port_variable}={port}"]
+    command = [*MAKE, target, f"DATA={data_dir}", f"{port_variable}={port}", *variables]
     with log.open("wb") as out:
         process = subprocess.Popen(
             command, cwd=ROOT, env=_make_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -92,7 +92,8 @@ def _serve(target: str, data_dir: Path, port_variable: str, log: Path):
 
 @pytest.fixture()
 def ui(tmp_path: Path):
-    return lambda target, data_dir, port_variable: _serve(target, data_dir, port_variable, tmp_path / f"{target}.log")
+    return lambda target, data_dir, port_variable, *variables: _serve(
+        target, data_dir, port_variable, tmp_path / f"{target}.log", *variables)
 
 
 def test_mlflow_ui_shows_the_trained_runs(trained, ui) -> None:
@@ -114,7 +115,21 @@ def test_feast_ui_shows_the_trained_feature_views(trained, ui) -> None:
         assert "customer_transactions" in names, names
 
 
-@pytest.mark.parametrize(("target", "missing"), [("mlflow-ui", "no MLflow store"), ("feast-ui", "no Feast registry")])
+def test_notebooks_open_in_jupyter_with_the_projects_kernel(trained, ui) -> None:
+    config, _ = trained
+    token = "test-token-0123456789"
+    with ui("notebooks", config.data_dir, "NOTEBOOK_PORT", f"NOTEBOOK_TOKEN={token}") as base:
+        assert _get(f"{base}/api/contents")[0] == 403  # no token, no access
+        status, body = _get(f"{base}/api/contents?token={token}")
+        assert status == 200, body
+        names = {item["name"] for item in json.loads(body)["content"]}
+        assert "02_churn_explained.ipynb" in names, names
+        status, body = _get(f"{base}/api/kernelspecs?token={token}")
+        assert status == 200 and "python3" in json.loads(body)["kernelspecs"], body
+
+
+@pytest.mark.parametrize(("target", "missing"), [("mlflow-ui", "no MLflow store"), ("feast-ui", "no Feast registry"),
+                                                 ("notebooks", "no MLflow store")])
 def test_a_ui_without_a_trained_world_says_so(tmp_path: Path, target: str, missing: str) -> None:
     done = subprocess.run([*MAKE, target, f"DATA={tmp_path}"], cwd=ROOT, env=_make_env(), capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and missing in done.stderr, done.stderr
