@@ -23,7 +23,7 @@ class Model:
     name: str  # the registered model
     indicators: tuple[Indicator, ...]  # in the profile's order
     horizon: str  # the experiment key (training/experiment.yaml) that sets its horizon, or how it is fixed
-    population: str  # who it is evaluated on
+    population: str  # who it is evaluated and gated on
     headline_metric: str  # what the promotion gate compares
     higher_is_better: bool
     baselines: tuple[str, ...]  # what it is compared with on the same window
@@ -41,20 +41,20 @@ MODELS: tuple[Model, ...] = (
          Indicator("p_purchase_90d"), Indicator("next_purchase_days", backtested=True),
          Indicator("next_purchase_days_p10", stored=False), Indicator("next_purchase_days_p90", stored=False)),
         horizon="models.purchase_horizons (p_churn: no purchase in models.churn_horizon_days)",
-        population="churn: customers who bought in the 365 days before the cutoff; others: one purchase or more",
+        population="customers who bought in the 365 days before the cutoff",
         headline_metric="auc", higher_is_better=True, baselines=_CLASSICAL,
         explains="p_churn", explanation_sign=-1.0,
     ),
     Model(
         "expected_purchases", (Indicator("expected_purchases", backtested=True),),
-        horizon="models.expected_purchases_horizon_days", population="customers with one purchase or more",
+        horizon="models.expected_purchases_horizon_days", population="customers with at least one purchase by the cutoff",
         headline_metric="mae", higher_is_better=False, baselines=_CLASSICAL, explains="expected_purchases",
     ),
     Model(
         "clv",
         (Indicator("expected_revenue", backtested=True), Indicator("expected_revenue_p10", backtested=True),
          Indicator("expected_revenue_p90", backtested=True)),
-        horizon="models.clv_horizon_days", population="customers with one purchase or more",
+        horizon="models.clv_horizon_days", population="customers with at least one purchase by the cutoff",
         headline_metric="normalized_gini", higher_is_better=True, baselines=_CLASSICAL, explains="expected_revenue",
     ),
     *(

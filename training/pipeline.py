@@ -18,7 +18,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from training import baselines, classical, evaluation, tracking
+from training import baselines, catalogue, classical, evaluation, tracking
 from training.btyd import LABELS
 from training.carry import CarriedTiming, CarriedValue, Carry, learned_model
 from training.config import Config
@@ -274,7 +274,7 @@ def train_purchase_timing(config: Config, data: ModelingData, client, on_step: S
     def champion_value(champion: Any) -> float:
         return evaluation.classification_metrics(churned, _learned_at(champion, churn_h).predict(test)["p_churn"].to_numpy())["auc"]
 
-    gate = _Gate("purchase_timing", "auc", True, w, test, "customers who bought in the 365 days before the cutoff", -1.0)
+    gate = _Gate.of("purchase_timing", w, test)
     report = _gate_and_serve(
         config, client, data, gate, model, served, evaluate, champion_value, {"horizons": grid, "churn_horizon": churn_h}, full,
     )
@@ -306,6 +306,12 @@ class _Gate:
     test: pd.DataFrame
     population: str
     explain_sign: float = 1.0
+
+    @classmethod
+    def of(cls, name: str, window: Windows, test: pd.DataFrame) -> _Gate:
+        """The gate of the catalogue's model ``name``."""
+        entry = catalogue.model(name)
+        return cls(name, entry.headline_metric, entry.higher_is_better, window, test, entry.population, entry.explanation_sign)
 
 
 @dataclass
@@ -502,7 +508,7 @@ def train_expected_purchases(config: Config, data: ModelingData, client, on_step
     def champion_value(champion: Any) -> float:
         return evaluation.regression_metrics(y, _learned_at(champion, h).predict(test)["expected_purchases"].to_numpy())["mae"]
 
-    gate = _Gate("expected_purchases", "mae", False, w, test, "customers with at least one purchase by the cutoff")
+    gate = _Gate.of("expected_purchases", w, test)
     report = _gate_and_serve(
         config, client, data, gate, model, served, evaluate, champion_value, {"horizon": h},
         {"horizon": s.expected_purchases_horizon_days},
@@ -579,7 +585,7 @@ def train_clv(config: Config, data: ModelingData, client, on_step: Step) -> list
     def champion_value(champion: Any) -> float:
         return evaluation.regression_metrics(y, _learned_at(champion, h).predict(test)["expected_revenue"].to_numpy())["normalized_gini"]
 
-    gate = _Gate("clv", "normalized_gini", True, w, test, "customers with at least one purchase by the cutoff")
+    gate = _Gate.of("clv", w, test)
     report = _gate_and_serve(
         config, client, data, gate, model, served, evaluate, champion_value, {"horizon": h}, {"horizon": s.clv_horizon_days},
     )
