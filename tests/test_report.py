@@ -11,7 +11,8 @@ import mlflow
 import pytest
 
 from training import tracking
-from training.report import REPORTS_EXPERIMENT, latest_report
+from training.pipeline import ModelReport
+from training.report import REPORTS_EXPERIMENT, latest_report, verdicts
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -31,6 +32,31 @@ def test_every_run_writes_a_report_and_logs_it_to_mlflow(trained) -> None:
     experiment = client.get_experiment_by_name(REPORTS_EXPERIMENT)
     [run] = mlflow.search_runs([experiment.experiment_id], output_format="list")
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == [result.report_path.name]
+
+
+def test_the_report_leads_with_each_indicators_verdict_against_its_best_baseline(trained) -> None:
+    """First the verdicts (which way is better, the best baseline, by how much, what is served),
+    then the models; the detail tables come folded."""
+    config, result = trained
+    page = result.report_path.read_text()
+    first_table = page[page.index("<table") : page.index("</table>")]
+    for column in ("better", "best baseline", "verdict", "served"):
+        assert f"<th>{column}</th>" in first_table
+    assert page.index("</table>") < page.index(f'id="{result.reports[0].name}"')
+    assert "<details>" in page
+
+
+def test_a_verdict_says_which_way_is_better_and_who_wins() -> None:
+    lower = ModelReport("expected_purchases", "expected_purchases", "mae", False, 0.70, {"bg_nbd": 0.65, "rfm": 0.80}, None)
+    higher = ModelReport("clv", "expected_revenue", "normalized_gini", True, 0.90, {"bg_nbd": 0.85}, None, promoted=True, version="3")
+    served = ModelReport("lookalike_top_value", "lookalike_top_value_score", "heldout_seed_recall_at_5pct", True, 0.3,
+                         {"activity_heuristic": 0.6}, None, served_baseline="activity_heuristic")
+    table = verdicts([lower, higher, served]).set_index("model")
+    assert table.loc["expected_purchases", "better"] == "lower"
+    assert table.loc["expected_purchases", "verdict"] == "loses to bg_nbd by 0.0500"
+    assert table.loc["clv", "verdict"] == "beats bg_nbd by 0.0500" and table.loc["clv", "served"] == "new champion v3"
+    assert table.loc["lookalike_top_value", "served"] == "baseline activity_heuristic"
+    assert table.loc["expected_purchases", "served"] == "previous champion kept"
 
 
 def _chromium() -> str | None:

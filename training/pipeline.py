@@ -63,6 +63,7 @@ class ModelReport:
     gate_note: str | None = None
     horizons: str = ""  # which horizons were learned and how longer ones are carried
     serve_baseline: bool = False  # the gate asks the trainer to serve the baseline in the model's place
+    served_baseline: str | None = None  # the baseline served as champion in the model's place, if any
 
     @property
     def best_baseline(self) -> tuple[str, float]:
@@ -341,6 +342,7 @@ def _gate_and_serve(
     )
     if report.serve_baseline and winner is not None:
         report.gate_note += _serve_classical(config, client, data, gate, winner, served, at_full, report)
+        report.served_baseline = winner.baseline
     elif report.gate_note is not None and refit_note:
         report.gate_note += f"; {refit_note}"
     return report
@@ -538,6 +540,7 @@ def _report_from(report: ModelReport, indicator: str, metrics: pd.DataFrame, met
         report.name, indicator, metric, higher, values["model"],
         {k: values[k] for k in values.index if k not in ("model", "oracle")}, values.get("oracle"),
         report.promoted, report.version, metrics, report.run_id, report.gate_note, report.horizons,
+        served_baseline=report.served_baseline,
     )
 
 
@@ -643,6 +646,7 @@ def train_lookalikes(config: Config, data: ModelingData, client, on_step: Step) 
         if report.serve_baseline:  # the PU model loses to the activity baseline: serve the baseline
             served = _serve_activity_baseline(config, client, name, heuristic, audiences, metric, candidates, population, report)
             report.gate_note += f" (v{served.challenger_version})"
+            report.served_baseline = ACTIVITY_BASELINE
         reports.append(_report_from(report, name, metrics, metric, True))
         on_step(f"{name} fitted" + (f" ({report.gate_note})" if report.gate_note else ""))
     return reports

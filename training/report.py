@@ -1,4 +1,5 @@
-"""One HTML page per training run: every model against its baselines, with its plots.
+"""One HTML page per training run: first whether each indicator beat its baselines and what is
+served, then per model the plot the decision rests on, with the detail folded.
 
 The page is self-contained (plots are embedded), so it opens from disk, from MLflow's artifact
 view or as a mail attachment alike. It is built from what the model runs logged in MLflow
@@ -66,14 +67,40 @@ def latest_report(config: Config) -> Path | None:
     return latest if latest.exists() else None
 
 
+def verdicts(reports: list) -> pd.DataFrame:
+    """One row per reported indicator: its headline metric, which way is better, the model's
+    value beside its best baseline's, by how much it wins or loses, and what is served."""
+    rows = []
+    for r in reports:
+        row = {"indicator": r.indicator, "model": r.name, "metric": r.metric,
+               "better": "higher" if r.higher_is_better else "lower", "model value": r.model_value}
+        if r.baselines:
+            name, value = r.best_baseline
+            margin = (r.model_value - value) if r.higher_is_better else (value - r.model_value)
+            row |= {"best baseline": name, "baseline value": value,
+                    "verdict": f"{'beats' if margin >= 0 else 'loses to'} {name} by {abs(margin):.4f}"}
+        else:
+            row |= {"best baseline": "-", "baseline value": float("nan"), "verdict": "no baseline"}
+        row["served"] = _served(r)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _served(report) -> str:
+    if report.served_baseline:
+        return f"baseline {report.served_baseline}"
+    return f"new champion v{report.version}" if report.promoted else "previous champion kept"
+
+
 def _page(config: Config, result, stamp: str, sections: list[str]) -> str:
     start, end = result.data_window
-    summary = pd.DataFrame(
+    detail = pd.DataFrame(
         [
             {
                 "model": r.name,
                 "indicator": r.indicator,
                 "metric": r.metric,
+                "better": "higher" if r.higher_is_better else "lower",
                 "model value": r.model_value,
                 **{f"{name}": value for name, value in r.baselines.items()},
                 "oracle": r.oracle,
@@ -89,18 +116,25 @@ def _page(config: Config, result, stamp: str, sections: list[str]) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>indicators train {stamp}</title>
 <style>{STYLE}</style></head><body>
 <h1>Training run {html.escape(stamp)}</h1>
-<p>Data {start:%Y-%m-%d} to {end:%Y-%m-%d}. Every metric is on the last backtest window (time-based
-split: fit on earlier cutoffs, tune on the next, report on the last), next to the classical
-baselines (BG/NBD and Pareto/NBD + Gamma-Gamma, RFM cells) and, on generated data, the oracle.
-A horizon longer than the history holds is carried from the learned one ("horizons"); its metrics
-are the learned horizon's.</p>
-<h2>Summary</h2>
-{_table(summary)}
+<h2>Did each indicator beat its baselines?</h2>
+<p>Data {start:%Y-%m-%d} to {end:%Y-%m-%d}. Each indicator's headline metric on the last backtest
+window (time-based split: fit on earlier cutoffs, tune on the next, report on the last), against the
+best of its baselines on the same window (BG/NBD and Pareto/NBD + Gamma-Gamma, RFM cells; the
+activity heuristic for lookalikes). "better" says which way the metric improves.</p>
+{_table(verdicts(result.reports))}
 {"".join(sections)}
-<h2>Stages</h2>
+<details><summary>Every baseline, the oracle and the gate's notes</summary>
+<p>On generated data the oracle predicts from each customer's latent truth: the ceiling. A horizon
+longer than the history holds is carried from the learned one ("horizons"); its metrics are the
+learned horizon's.</p>
+{_table(detail)}
+</details>
+<details><summary>Stage times</summary>
 {_table(timings)}
-<h2>Config</h2>
+</details>
+<details><summary>Config</summary>
 <pre>{html.escape(experiment_yaml(config))}</pre>
+</details>
 </body></html>
 """
 
@@ -123,18 +157,34 @@ def _model_section(run_id: str, reports: list, tmp: Path) -> str:
         f'{"Promoted to champion" if decision.get("promoted") else "Champion kept"}: '
         f'{html.escape(str(decision.get("reason", "no decision logged")))}</p>'
     )
-    figures = "".join(
-        f'<figure><img alt="{html.escape(png.stem)}" src="data:image/png;base64,'
-        f'{base64.b64encode(png.read_bytes()).decode()}"><figcaption>{html.escape(png.stem)}</figcaption></figure>'
-        for png in sorted((local / "plots").rglob("*.png"))
-    )
+    pngs = sorted((local / "plots").rglob("*.png"))
+    # The plot the decision rests on first (the headline indicator's), the others folded.
+    headline = [p for p in pngs if reports[0].indicator in p.stem][:1] or pngs[:1]
+    rest = [p for p in pngs if p not in headline]
     return f"""
 <h2 id="{html.escape(name)}">{html.escape(name)}</h2>
 {verdict}
+<div class="plots">{_figures(headline)}</div>
+<details><summary>Every metric against every baseline</summary>
 <p>MLflow run <code>{html.escape(run_id)}</code>.</p>
 {_table(pivot.round(4).reset_index())}
-<div class="plots">{figures}</div>
+</details>
+<details><summary>{len(rest)} more plots</summary><div class="plots">{_figures(rest)}</div></details>
 """
+
+
+def _figures(pngs: list[Path]) -> str:
+    return "".join(
+        f'<figure><img alt="{html.escape(_caption(png))}" src="data:image/png;base64,'
+        f'{base64.b64encode(png.read_bytes()).decode()}"><figcaption>{html.escape(_caption(png))}</figcaption></figure>'
+        for png in pngs
+    )
+
+
+def _caption(png: Path) -> str:
+    """A plot's file name as words: 'p_churn_calibration' -> 'p churn: calibration'."""
+    words = png.stem.replace("_", " ")
+    return f"{png.parent.name.replace('_', ' ')}: {words}" if png.parent.name != "plots" else words
 
 
 def _table(frame: pd.DataFrame) -> str:
