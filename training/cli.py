@@ -304,11 +304,16 @@ def train(
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for noisy in ("mlflow", "alembic", "pymc"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     from training.pipeline import run_training
     from training.tracking import logged_experiment
     from training.windows import HistoryTooShort
+
+    # After MLflow's import, which sets its loggers' level: its INFO lines (tables created, uv
+    # files copied, input example validated) say nothing to act on; its warnings are kept.
+    # MLFLOW_LOGGING_LEVEL=INFO brings the INFO lines back.
+    logging.getLogger("mlflow").setLevel(os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING").upper())
+    for noisy in ("alembic", "pymc"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
     base = _config(data_dir, mlflow_dir, tracking_uri=tracking_uri)
     shortcuts = [f"models.trials={trials}"] * (trials is not None) + [f"seed={seed}"] * (seed is not None)

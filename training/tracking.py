@@ -9,8 +9,11 @@ are logged either way.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,11 @@ def setup_tracking(config: Config) -> MlflowClient:
     config.mlflow_store.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(config.mlflow_tracking_uri)
     mlflow.set_registry_uri(config.mlflow_tracking_uri)
-    return MlflowClient(config.mlflow_tracking_uri)
+    with warnings.catch_warnings():
+        # The client's first SQL store imports MLflow's mappers, which use an option SQLAlchemy
+        # deprecates: MLflow's to change, nothing a user of this project can act on.
+        warnings.filterwarnings("ignore", "The ``noload`` loader strategy is deprecated", DeprecationWarning)
+        return MlflowClient(config.mlflow_tracking_uri)
 
 
 def experiment(client: MlflowClient, config: Config, name: str) -> str:
@@ -73,6 +80,21 @@ def non_personal_example(rows: pd.DataFrame) -> pd.DataFrame:
     return example
 
 
+@contextlib.contextmanager
+def _without_records(logger: str, *starts: str):
+    """Drop the records of ``logger`` whose message starts with one of ``starts``, meanwhile."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(starts)
+
+    target = logging.getLogger(logger)
+    target.addFilter(keep)
+    try:
+        yield
+    finally:
+        target.removeFilter(keep)
+
+
 def log_model(model: Any, name: str, example: pd.DataFrame) -> str:
     """Log ``model`` in the active run with a signature inferred from ``example`` and a
     ``non_personal_example`` of it; returns its model URI."""
@@ -81,7 +103,14 @@ def log_model(model: Any, name: str, example: pd.DataFrame) -> str:
     wrapper = IndicatorModel()
     wrapper.model = model
     output = wrapper.predict(None, example)
-    with tempfile.TemporaryDirectory() as tmp:
+    # Two warnings MLflow gives for every model that say nothing to act on: the wrapper is
+    # pickled (so is the joblib artifact it loads: both are this project's own code), and a
+    # venv made by uv has no pip, so conda.yaml names pip without a version.
+    with (
+        _without_records("mlflow.pyfunc", "Passing a Python object as `python_model`"),
+        _without_records("mlflow.utils.environment", "Failed to resolve installed pip version"),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         path = Path(tmp) / "model.joblib"
         joblib.dump(without_customer_ids(model), path)
         info = mlflow.pyfunc.log_model(
