@@ -36,5 +36,10 @@ def test_notebook_runs_on_small_data(path: Path, trained, tmp_path: Path, monkey
     client.execute()  # raises CellExecutionError with the failing cell and its traceback
     errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
-    images = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert images, f"{path.name} drew no plot"
+    drawing = [c for c in notebook.cells if c.cell_type == "code" and any(p in c.source for p in (".plot", "plt.", "shap.plots"))]
+    assert drawing, f"{path.name} draws no plot"
+    for cell in drawing:  # every cell that draws shows its figure
+        assert any("image/png" in o.get("data", {}) for o in cell.outputs), f"{path.name}: no figure from\n{cell.source}"
+    noise = [o["text"] for c in notebook.cells if c.cell_type == "code" for o in c.outputs
+             if o.output_type == "stream" and o.name == "stderr"]
+    assert not noise, f"{path.name} prints warnings: {noise}"
