@@ -305,6 +305,7 @@ def train(
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from training.pipeline import run_training
+    from training.report import verdicts as report_verdicts
     from training.tracking import logged_experiment
     from training.windows import HistoryTooShort
 
@@ -330,21 +331,15 @@ def train(
     except (FileNotFoundError, HistoryTooShort) as error:
         _fail(str(error))
     table = Table(title=f"indicators train ({result.data_window[0]:%Y-%m-%d} .. {result.data_window[1]:%Y-%m-%d})")
-    for header in ("model", "indicator", "metric", "model value", "best baseline", "oracle", "champion changed"):
+    verdicts = report_verdicts(result.reports)  # the same verdicts the HTML report opens with
+    for header in verdicts.columns:
         table.add_column(header)
-    for report in result.reports:
-        baseline_name, baseline_value = report.best_baseline if report.baselines else ("-", float("nan"))
-        oracle = "-" if report.oracle is None or report.oracle != report.oracle else f"{report.oracle:.4f}"
-        table.add_row(
-            report.name,
-            report.indicator,
-            report.metric,
-            f"{report.model_value:.4f}",
-            f"{baseline_value:.4f} ({baseline_name})",
-            oracle,
-            (f"yes (v{report.version})" if report.promoted else "no") + (f"; {report.gate_note}" if report.gate_note else ""),
-        )
+    for row in verdicts.itertuples(index=False):
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
     console.print(table)
+    for report in result.reports:
+        if report.gate_note:
+            console.print(f"{report.name}: {report.gate_note}")
     for name, note in dict.fromkeys((r.name, r.horizons) for r in result.reports if "carried" in r.horizons):
         console.print(f"{name}: {note} (backtested at the learned horizon only)")
     console.print(
