@@ -1,7 +1,8 @@
 """Request-time features: ages of stored timestamps, computed at the request's ``as_of``.
 
 Offline, ``as_of`` is each entity row's cutoff; online, the caller passes the current time.
-Python mode, not pandas mode: ~0.5 ms per online request against ~3 ms.
+Python mode, not pandas mode: an online request holds a few rows, for which building a pandas
+frame costs several times the computation.
 """
 
 from feast import Field, RequestSource

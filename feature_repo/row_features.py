@@ -1,8 +1,8 @@
 """The batch views' features for one customer, computed in Python from that customer's rows.
 
 ``sql/`` defines the features; this is the same definition, line for line, for the moment an
-event is accepted: running the SQL for one customer costs 50-90 ms in DuckDB (planning its
-CTEs), this a fraction of a millisecond. Tests hold the two equal, feature by feature, over
+event is accepted: DuckDB spends far longer planning the SQL's CTEs for one customer than
+Python spends computing that customer's row. Tests hold the two equal, feature by feature, over
 random event sequences (``tests/features/test_row_features.py``). Change both together.
 
 Inputs are one customer's rows of the raw log: transactions as dicts (``timestamp``,

@@ -50,9 +50,9 @@ def score_all(config: Config, slice_size: int = 250_000) -> ScoreSummary:
     """Score every customer who may be scored; write Parquet, then the online store.
 
     Stages run one after another. Writing each slice online on a second thread while the next
-    was scored gained nothing on 1M customers (318 s against 313 s): the writer's Python work
-    competes with the scoring for the GIL and both cores, and the value tiers then need a pass
-    of their own over everyone's expected revenue (32 s) before the first write.
+    is scored gains nothing: the writer's Python work competes with the scoring for the GIL and
+    the cores, and the value tiers would need a pass of their own over everyone's expected
+    revenue before the first write.
     """
     with data_lock(config.paths):  # an erasure waits for the scores, or they for it
         return _score_all(config, slice_size)

@@ -224,8 +224,8 @@ def _checked(events: Sequence[dict[str, Any]], now: pd.Timestamp) -> tuple[list[
     The rules are ``ingest.normalize``'s for one row (tested equal to it): trimmed ids (a
     batch of float-formatted integer ids read as integers), no time in the future, an amount
     of quantity x unit_price where none is given, a negative amount or quantity making a
-    refund (both negative), an order id owned by one customer. ``normalize`` itself costs
-    20-40 ms of pandas a call, whatever the rows, which an event cannot wait for.
+    refund (both negative), an order id owned by one customer. ``normalize`` itself has a fixed
+    pandas cost per call, whatever the rows, longer than an event can wait.
     """
     as_of = (now + CLOCK_SKEW).tz_convert("UTC")
     seen: set[str] = set()

@@ -10,11 +10,9 @@ import numpy as np
 import pandas as pd
 
 # Trees are depth-limited: exact TreeSHAP costs O(leaves x depth^2) per tree and row, and
-# LightGBM's leaf-wise growth left unchecked grew 56-leaf trees 15 levels deep on average.
-# Measured on the 20k champions: one customer's reasons 11 ms -> 2.9 ms, prediction
-# 126 -> 68 us a row, for 0.0025 of churn AUC, at depth 6; depth 5 with learning rates from
-# 0.06 (tuning.py) took reasons in batches from 3.7 to 1.5 ms a customer at equal accuracy
-# (README, "Tree shape").
+# LightGBM's leaf-wise growth left unchecked grows trees many levels deep. At depth 5, with
+# learning rates from 0.06 (tuning.py), reasons cost a fraction of what they did, for the same
+# accuracy (docs/evaluation.md, "Tree shape").
 MAX_DEPTH = 5
 BASE_PARAMS: dict[str, Any] = {
     "learning_rate": 0.08,
@@ -112,8 +110,8 @@ def contributions(booster: lgb.Booster, x: pd.DataFrame | np.ndarray) -> np.ndar
 
 
 def _threads(matrix: np.ndarray) -> int:
-    """One thread for small inputs (measured: 0.09 ms instead of 0.57 ms for one row, as
-    starting OpenMP's team costs more than the trees); LightGBM's default for batches."""
+    """One thread for small inputs (starting OpenMP's team costs more than a few rows' trees);
+    LightGBM's default for batches."""
     return 1 if len(matrix) < SMALL_BATCH_ROWS else 0
 
 

@@ -217,7 +217,7 @@ class LeanSqliteOnlineStore(SqliteOnlineStore):
 
     def write_rows(self, config: RepoConfig, table: FeatureView, rows: Sequence[dict[str, Any]]) -> None:
         """``write_frame`` for a few rows given as dicts (aware datetimes), as events arrive:
-        a pandas frame costs 10 ms a write to build and convert, an Arrow batch a fraction."""
+        an Arrow batch of a few rows costs a fraction of a pandas frame to build and convert."""
         if rows:
             self.write_encoded(config, [self.encode_rows(config, table, rows)])
 
