@@ -225,3 +225,26 @@ def test_reads_go_on_while_a_write_is_open(feature_world, tmp_path) -> None:
         writer.rollback()
         writer.close()
     assert all(values for _, values in read)
+
+
+def test_a_registry_write_that_fails_leaves_the_previous_registry_readable(feature_world, monkeypatch) -> None:
+    """Feast's file store truncates the registry before writing it (a process killed between
+    left it empty); ours replaces it whole, so a failed write leaves the last one in place."""
+    import os
+
+    from training.features import registry_file
+
+    store = feature_world.store
+    registry = store._registry
+    assert isinstance(registry._registry_store, registry_file.AtomicFileRegistryStore)
+    path = registry._registry_store._filepath
+    before = path.read_bytes()
+
+    def killed(*_args):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        registry._registry_store.update_registry_proto(registry._get_registry_proto(project=None))
+    monkeypatch.undo()
+    assert path.read_bytes() == before and not list(path.parent.glob("*.partial"))

@@ -34,7 +34,7 @@ from feature_repo.on_demand_views import customer_recency, request_time
 from training.config import Config, Paths
 from training.data import journal
 from training.data.suppression import data_lock
-from training.features import online_store, snapshots
+from training.features import online_store, registry_file, snapshots
 
 DEFAULT_SERVICE = customer_indicators_v1.name
 BATCH_VIEWS = (customer_transactions, customer_behaviour, customer_profile)
@@ -51,7 +51,8 @@ def repo_config(config: Config) -> RepoConfig:
             raise ValueError("feast.registry 'sql' needs feast.registry_path (a SQLAlchemy URL)")
         registry = {"registry_type": "sql", "path": settings.registry_path, "cache_ttl_seconds": settings.registry_cache_seconds}
     else:
-        registry = {"registry_type": "file", "path": str(paths.feast / "registry.db"), "cache_ttl_seconds": settings.registry_cache_seconds}
+        registry = {"registry_type": "file", "path": str(paths.feast / "registry.db"), "cache_ttl_seconds": settings.registry_cache_seconds,
+                    "registry_store_type": registry_file.STORE_TYPE}
     if settings.online_store == "redis":
         online = {"type": "redis", "connection_string": settings.redis_connection}
     else:
