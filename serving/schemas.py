@@ -116,7 +116,7 @@ Indicators = create_model(
     "Indicators",
     __config__=ConfigDict(extra="allow"),
     __doc__="Every indicator; null where its model is not trained (a lookalike without its seed column).",
-    **{name: (float | None, Field(description=f"from the {model.name} model")) for model in MODELS for name in (i.name for i in model.indicators)},
+    **{i.name: (float | None, Field(description=f"from the {model.name} model")) for model in MODELS for i in model.indicators},
 )
 
 

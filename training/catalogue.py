@@ -33,7 +33,7 @@ class Model:
     lookalike: bool = False
 
 
-_CLASSICAL = ("bg_nbd", "pareto_nbd", "rfm")
+_CLASSICAL = ("btyd", "pareto_nbd", "rfm")  # as the backtest metrics name them (btyd: BG/NBD)
 MODELS: tuple[Model, ...] = (
     Model(
         "purchase_timing",
@@ -69,7 +69,6 @@ MODELS: tuple[Model, ...] = (
 
 MODEL_NAMES = tuple(model.name for model in MODELS)
 LOOKALIKES = tuple(model.name for model in MODELS if model.lookalike)
-INDICATORS = tuple(indicator.name for model in MODELS for indicator in model.indicators)
 STORED_INDICATORS = tuple(i.name for model in MODELS for i in model.indicators if i.stored)
 BACKTEST_INDICATORS = tuple(i.name for model in MODELS for i in model.indicators if i.backtested)
 # indicator -> (model whose SHAP values explain it, sign)
