@@ -25,6 +25,7 @@ from training import tracking
 from training.catalogue import (
     AT_RISK_CHURN,
     CHURN_BANDS,
+    COMPARED_METHODS,
     EXPLAINED,
     LAPSED_DAYS,
     LOOKALIKES,
@@ -250,17 +251,18 @@ def lookalike_message(report: dict[str, Any]) -> str:
 def champion_provenance(client: MlflowClient, run_id: str) -> dict[str, Any]:
     """Where a champion comes from: its run, training window and backtest metrics (model only)."""
     run = client.get_run(run_id)
-    params = dict(run.data.params)
-    if "data_start" not in params and run.data.tags.get("mlflow.parentRunId"):  # lookalikes are nested
-        params = {**client.get_run(run.data.tags["mlflow.parentRunId"]).data.params, **params}
-    baselines = ("btyd.", "rfm.", "oracle.", "activity_heuristic.")
+    params, parent = dict(run.data.params), run
+    while "data_start" not in params and parent.data.tags.get("mlflow.parentRunId"):  # lookalikes and baselines are nested
+        parent = client.get_run(parent.data.tags["mlflow.parentRunId"])
+        params = {**parent.data.params, **params}
+    others = tuple(f"{method}." for method in COMPARED_METHODS)
     return {
         "run_id": run_id,
         "data_start": params.get("data_start"),
         "data_end": params.get("data_end"),
         "backtest_window": params.get("window"),
         "horizons": params.get("horizons"),
-        "metrics": {k: v for k, v in sorted(run.data.metrics.items()) if not k.startswith(baselines)},
+        "metrics": {k: v for k, v in sorted(run.data.metrics.items()) if not k.startswith(others)},
     }
 
 

@@ -11,7 +11,7 @@ import mlflow
 import pytest
 
 from training import tracking
-from training.pipeline import ModelReport
+from training.publish import ModelReport
 from training.report import REPORTS_EXPERIMENT, latest_report, verdicts
 
 CHROMIUM_FLAGS = [

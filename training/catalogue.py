@@ -71,6 +71,10 @@ MODEL_NAMES = tuple(model.name for model in MODELS)
 LOOKALIKES = tuple(model.name for model in MODELS if model.lookalike)
 STORED_INDICATORS = tuple(i.name for model in MODELS for i in model.indicators if i.stored)
 BACKTEST_INDICATORS = tuple(i.name for model in MODELS for i in model.indicators if i.backtested)
+# The methods a backtest's metrics set beside the model's own rows (``model``): its baselines,
+# the oracle of generated data, and the losing learnt model beside a baseline served in its place.
+LEARNT_METHOD = "learnt_model"
+COMPARED_METHODS = (*dict.fromkeys(b for model in MODELS for b in model.baselines), "oracle", LEARNT_METHOD)
 # indicator -> (model whose SHAP values explain it, sign)
 EXPLAINED = {model.explains: (model.name, model.explanation_sign) for model in MODELS if model.explains}
 

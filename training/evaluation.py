@@ -1,7 +1,9 @@
-"""Metrics and plots for probabilities, counts and amounts (pure functions of arrays)."""
+"""Metrics and plots for probabilities, counts and amounts, and the long metrics tables that
+set them beside the baselines' (pure functions of arrays and frames)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,52 @@ def regression_metrics(y: np.ndarray, prediction: np.ndarray) -> dict[str, float
 def interval_coverage(y: np.ndarray, low: np.ndarray, high: np.ndarray) -> dict[str, float]:
     inside = (y >= low) & (y <= high)
     return {"coverage": float(inside.mean()), "mean_width": float(np.mean(high - low))}
+
+
+# --- metrics tables: one row per (indicator, method, metric) -----------------------------------
+
+
+def metrics_table(
+    indicator: str,
+    predictions: dict[str, np.ndarray],
+    y: np.ndarray,
+    metrics: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+) -> pd.DataFrame:
+    """Long table (indicator, method, metric, value) of every method's predictions on the same rows."""
+    rows = []
+    for method, p in predictions.items():
+        ok = ~np.isnan(p)
+        for metric, value in metrics(y[ok], p[ok]).items():
+            rows.append({"indicator": indicator, "method": method, "metric": metric, "value": value})
+    return pd.DataFrame(rows)
+
+
+def worse(value: float, reference: float, higher_is_better: bool, tolerance: float) -> bool:
+    """Whether ``value`` is worse than ``reference`` by more than ``tolerance``."""
+    margin = value - reference if higher_is_better else reference - value
+    return margin < -tolerance
+
+
+def headline_value(metrics: pd.DataFrame, headline: str, method: str = "model") -> float:
+    """``method``'s value of the ``headline`` metric (on the model's first indicator)."""
+    return float(metrics.query(f"method == '{method}' and metric == '{headline}'")["value"].iloc[0])
+
+
+def best_baseline(metrics: pd.DataFrame, headline: str, higher_is_better: bool) -> tuple[str, float] | None:
+    """The best baseline (not the model, not the oracle) on the headline metric of the headline
+    indicator (the first the model reports it for), or None if there is none."""
+    model_rows = metrics[(metrics["method"] == "model") & (metrics["metric"] == headline)]
+    if model_rows.empty:
+        return None
+    indicator = model_rows["indicator"].iloc[0]
+    rows = metrics[
+        (metrics["indicator"] == indicator) & (metrics["metric"] == headline)
+        & ~metrics["method"].isin(("model", "oracle")) & np.isfinite(metrics["value"].astype(float))
+    ]
+    if rows.empty:
+        return None
+    best = rows.loc[rows["value"].idxmax() if higher_is_better else rows["value"].idxmin()]
+    return str(best["method"]), float(best["value"])
 
 
 # --- plots -------------------------------------------------------------------------------

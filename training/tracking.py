@@ -20,12 +20,14 @@ from typing import Any
 
 import joblib
 import mlflow
+import optuna
 import pandas as pd
 import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from training.config import Config, ConfigError, experiment_yaml
+from training.evaluation import worse
 from training.models import without_customer_ids
 
 PIP_REQUIREMENTS = ["lightgbm", "scikit-learn", "pandas", "numpy"]
@@ -151,12 +153,6 @@ class GateDecision:
     loses_to_baseline: bool = False
     note: str | None = None  # what a summary must say about the decision (losing to a baseline)
     served_baseline: bool = False  # this version is the baseline itself, served in the model's place
-
-
-def worse(value: float, reference: float, higher_is_better: bool, tolerance: float) -> bool:
-    """Whether ``value`` is worse than ``reference`` by more than ``tolerance``."""
-    margin = value - reference if higher_is_better else reference - value
-    return margin < -tolerance
 
 
 def baseline_replaces(champion_value: float | None, baseline_value: float, higher_is_better: bool) -> bool:
@@ -321,6 +317,27 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
         return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
+
+
+def log_study(study: optuna.Study) -> None:
+    """Each trial of a tuning study as a nested run (parameters, tune loss, state) and the
+    study's totals in the active run."""
+    complete = optuna.trial.TrialState.COMPLETE
+    for trial in study.trials:
+        with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True):
+            mlflow.log_params(trial.user_attrs.get("params", trial.params))
+            mlflow.set_tag("trial.state", trial.state.name.lower())
+            if trial.state == complete:
+                mlflow.log_metrics({"tune_loss": trial.value, "best_iteration": trial.user_attrs["best_iteration"]})
+    finished = [t for t in study.trials if t.state == complete]
+    mlflow.log_metrics(
+        {
+            "tuning_trials_complete": len(finished),
+            "tuning_trials_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+            "tuning_best_loss": study.best_value if finished else float("nan"),
+        }
+    )
+    mlflow.log_params({f"best_{k}": v for k, v in (study.best_trial.user_attrs["params"] if finished else {}).items()})
 
 
 def log_table(frame: pd.DataFrame, artifact: str) -> None:

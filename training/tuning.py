@@ -1,4 +1,4 @@
-"""Optuna tuning of a model's main booster; every trial is a nested MLflow run.
+"""Optuna tuning of a model's main booster (``tracking.log_study`` logs each trial as a run).
 
 Trials are scored on the tune window (out of time), pruned early by the median rule, and
 seeded (TPE sampler, LightGBM deterministic mode), so a rerun with the same trial budget
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import mlflow
 import numpy as np
 import optuna
 import pandas as pd
@@ -65,30 +64,14 @@ def tune(
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True):
-            mlflow.log_params(params)
-            try:
-                booster = fit_booster(
-                    x_fit, y_fit, objective, x_val=x_tune, y_val=y_tune, overrides=params,
-                    seed=seed, threads=threads, max_rounds=max_rounds, on_round=report,
-                )
-            except optuna.TrialPruned:
-                mlflow.set_tag("trial.state", "pruned")
-                raise
-            value = float(next(iter(booster.best_score["valid_0"].values())))
-            mlflow.log_metrics({"tune_loss": value, "best_iteration": booster.best_iteration})
-            mlflow.set_tag("trial.state", "complete")
-            return value
+        booster = fit_booster(
+            x_fit, y_fit, objective, x_val=x_tune, y_val=y_tune, overrides=params,
+            seed=seed, threads=threads, max_rounds=max_rounds, on_round=report,
+        )
+        trial.set_user_attr("best_iteration", booster.best_iteration)
+        return float(next(iter(booster.best_score["valid_0"].values())))
 
     study.optimize(run_trial, n_trials=trials, timeout=timeout_seconds, gc_after_trial=False)
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial.user_attrs["params"] if finished else {}
-    mlflow.log_metrics(
-        {
-            "tuning_trials_complete": len(finished),
-            "tuning_trials_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
-            "tuning_best_loss": study.best_value if finished else float("nan"),
-        }
-    )
-    mlflow.log_params({f"best_{k}": v for k, v in best.items()})
     return best, study

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from serving.scoring import champion_provenance
-from training import pipeline, tracking
+from training import evaluation, publish, tracking, trainers
 from training.dataset import entity_rows, features_at
 from training.features import store as feature_store
 from training.features.snapshots import data_end
@@ -37,9 +37,9 @@ def test_the_best_baseline_is_the_best_non_oracle_method_on_the_headline_indicat
         ],
         columns=["indicator", "method", "metric", "value"],
     )
-    assert pipeline.best_baseline(metrics, "auc", True) == ("btyd", 0.85)
-    assert pipeline.best_baseline(metrics, "mae", False) == ("btyd", 0.6)
-    assert pipeline.best_baseline(metrics[metrics["method"] == "model"], "auc", True) is None
+    assert evaluation.best_baseline(metrics, "auc", True) == ("btyd", 0.85)
+    assert evaluation.best_baseline(metrics, "mae", False) == ("btyd", 0.6)
+    assert evaluation.best_baseline(metrics[metrics["method"] == "model"], "auc", True) is None
 
 
 def test_a_challenger_that_loses_to_its_best_baseline_never_replaces_a_champion(trained) -> None:
@@ -95,20 +95,20 @@ def test_a_lookalike_that_loses_to_the_activity_baseline_gets_the_baseline_serve
     profile = pd.read_parquet(config.paths.features / "customer_profile.parquet", columns=["customer_id", "signup_at"])
     end = pd.Timestamp(data_end(config.paths))
     latest = features_at(store, entity_rows(profile, [end]))
-    data = pipeline.ModelingData(latest, {}, (end - timedelta(days=365)).to_pydatetime(), end.to_pydatetime(), pd.DataFrame(), None)
-    monkeypatch.setattr(pipeline, "LookalikeModel", BlindLookalike)
+    data = trainers.ModelingData(latest, {}, (end - timedelta(days=365)).to_pydatetime(), end.to_pydatetime(), pd.DataFrame(), None)
+    monkeypatch.setattr(trainers, "LookalikeModel", BlindLookalike)
     experiment = tracking.experiment(client, config, "lookalike")
     mlflow.set_experiment(experiment_id=experiment)  # nested runs land here, as in run_training
     with mlflow.start_run(experiment_id=experiment, run_name="train-lookalike"):
         mlflow.log_params({"data_start": f"{data.data_start:%Y-%m-%d}", "data_end": f"{end:%Y-%m-%d}"})
-        reports = pipeline.train_lookalikes(config, data, client, lambda _: None)
+        reports = [r for t in trainers.train_lookalikes(config, data, lambda _: None) for r in publish.publish(config, client, t)]
 
     assert {r.name for r in reports} == {"lookalike_top_value", "lookalike_sustainable"}
     for report in reports:
         assert not report.promoted
         assert report.model_value < report.baselines["activity_heuristic"]
         assert report.gate_note.startswith("loses to baseline activity_heuristic")
-        assert "the baseline is served as champion instead (v" in report.gate_note
+        assert "the baseline is served as champion instead (activity_heuristic served, v" in report.gate_note
         champion = client.get_model_version_by_alias(report.name, tracking.CHAMPION)
         challenger = client.get_model_version_by_alias(report.name, tracking.CHALLENGER)
         assert str(challenger.version) == report.version != str(champion.version)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from training.pipeline import modelled_customers
+from training.trainers import modelled_customers
 
 
 def _profile(n: int) -> pd.DataFrame:

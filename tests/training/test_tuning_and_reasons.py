@@ -10,6 +10,7 @@ import pandas as pd
 from training.boosting import MAX_DEPTH, contributions, fit_booster, predict
 from training.explain import top_reasons
 from training.models import upper_shift
+from training.tracking import log_study
 from training.tuning import tune
 
 
@@ -22,21 +23,28 @@ def _data(seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     return x, y
 
 
-def test_a_rerun_of_tuning_gives_the_same_parameters(tmp_path) -> None:
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment("tuning", artifact_location=(tmp_path / "a").as_uri()))
+def test_a_rerun_of_tuning_gives_the_same_parameters_and_every_trial_is_logged(tmp_path) -> None:
     x, y = _data()
     results = []
-    for _ in range(2):
-        with mlflow.start_run():
-            best, study = tune(x[:2000], y[:2000], x[2000:], y[2000:], "binary", trials=4, timeout_seconds=120,
-                               seed=7, threads=1, max_rounds=100)
+    for _ in range(2):  # tuning itself needs no MLflow run
+        best, study = tune(x[:2000], y[:2000], x[2000:], y[2000:], "binary", trials=4, timeout_seconds=120,
+                           seed=7, threads=1, max_rounds=100)
         results.append((best, study.best_value))
     assert results[0] == results[1]
     best = results[0][0]
     assert best["num_leaves"] <= 2 ** best["max_depth"] <= 2**MAX_DEPTH  # the parameters a booster was fitted with
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("tuning", artifact_location=(tmp_path / "a").as_uri()))
+    with mlflow.start_run() as parent:
+        log_study(study)
     runs = mlflow.search_runs(search_all_experiments=True)
-    assert (runs["tags.trial.state"].dropna() != "").sum() >= 4  # every trial is a run of its own
+    trials = runs[runs["tags.mlflow.parentRunId"] == parent.info.run_id]
+    assert len(trials) == len(study.trials) == 4  # every trial is a run of its own
+    assert set(trials["tags.trial.state"]) <= {"complete", "pruned"} and "complete" in set(trials["tags.trial.state"])
+    logged = runs.set_index("run_id").loc[parent.info.run_id]
+    assert logged["metrics.tuning_best_loss"] == study.best_value
+    assert int(logged["params.best_max_depth"]) == best["max_depth"]
 
 
 def test_trees_never_grow_deeper_than_the_limit() -> None:

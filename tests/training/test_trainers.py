@@ -1,0 +1,103 @@
+"""A trainer is a function of the config and the modelling data: it fits and backtests with
+no MLflow at all, and returns what tracking logs and gates."""
+
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import numpy as np
+import pytest
+
+from training import catalogue, publish, tracking, trainers
+from training.config import Config, ModelSettings, SnapshotPlan
+from training.evaluation import best_baseline, headline_value
+from training.pipeline import prepare
+
+
+@pytest.fixture(scope="module")
+def modelling_data(generated_dir, tmp_path_factory):
+    """The generated data set's raw tables in a directory of their own, prepared for training."""
+    root = tmp_path_factory.mktemp("trainers")
+    shutil.copytree(generated_dir / "raw", root / "raw")
+    shutil.copytree(generated_dir / "truth", root / "truth")
+    config = Config(
+        data_dir=root, mlflow_dir=root / "mlflow", snapshots=SnapshotPlan(months=1, step_days=30),
+        models=ModelSettings(trials=1, max_rounds=60, max_customers=1_000),
+    )
+    data, _store = prepare(config, lambda _: None, {})
+    return config, data
+
+
+@pytest.fixture()
+def no_mlflow(monkeypatch: pytest.MonkeyPatch):
+    """Any use of MLflow fails the test."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a trainer used MLflow")
+
+    for name in ("start_run", "log_metric", "log_metrics", "log_params", "set_tag", "set_tags", "log_artifact"):
+        monkeypatch.setattr(mlflow, name, refuse)
+
+
+def test_every_catalogue_model_has_a_trainer() -> None:
+    trained_by = {"lookalike" if m.lookalike else m.name for m in catalogue.MODELS}
+    assert set(trainers.TRAINERS) == trained_by
+
+
+def test_a_trainer_fits_and_backtests_without_mlflow(modelling_data, no_mlflow) -> None:
+    config, data = modelling_data
+    steps: list[str] = []
+    [trained] = trainers.train_expected_purchases(config, data, steps.append)
+    assert steps == ["expected purchases fitted"]
+    gate, metrics = trained.gate, trained.evaluation.metrics
+    assert (gate.name, gate.headline, gate.higher_is_better) == ("expected_purchases", "mae", False)
+    assert {"model", "btyd", "pareto_nbd", "rfm", "oracle"} <= set(metrics["method"])  # all on the same rows
+    rows = metrics.query("metric == 'rows'")["value"]
+    assert rows.nunique() == 1 and rows.iloc[0] == len(gate.test) > 0
+    assert (gate.test["cutoff"] == gate.window.test).all()  # backtested on its test window only
+    assert gate.window.test > max(gate.window.fit) and gate.window.tune < gate.window.test
+
+    predicted = trained.model.predict(gate.test)["expected_purchases"].to_numpy()
+    assert np.isfinite(predicted).all() and (predicted >= 0).all()
+    value = headline_value(metrics, "mae")
+    assert value == pytest.approx(np.mean(np.abs(gate.test["future_purchase_days_90d"].to_numpy(float) - predicted)))
+    assert trained.champion_value(trained.model) == pytest.approx(value)  # a champion is judged on the same rows
+    assert len(trained.studies) == 1 and len(trained.studies[0].trials) == 1
+
+    best = best_baseline(metrics, "mae", False)
+    if trained.fallback is not None:  # offered only to replace a model that loses to it
+        assert trained.fallback.baseline == best[0] and trained.fallback.value < value
+    assert trained.fallback is None or trained.fallback_note is None
+
+
+def test_the_lookalike_trainer_offers_the_activity_baseline_beside_each_seed(modelling_data, no_mlflow) -> None:
+    config, data = modelling_data
+    results = trainers.train_lookalikes(config, data, lambda _: None)
+    assert [t.gate.name for t in results] == list(catalogue.LOOKALIKES)
+    for trained in results:
+        assert trained.own_run and trained.gate.window is None
+        assert trained.fallback.baseline == trainers.ACTIVITY_BASELINE
+        metric = trained.gate.headline
+        assert trained.fallback.value == headline_value(trained.evaluation.metrics, metric, trainers.ACTIVITY_BASELINE)
+        assert set(trained.fallback.evaluation.metrics["method"]) == {"model"}  # the baseline's own rows
+        assert not trained.gate.test["customer_id"].isin(trained.model.seed_ids_).any()  # seed members are not ranked
+
+
+def test_tracking_reports_what_the_trainer_measured(modelling_data) -> None:
+    config, data = modelling_data
+    [trained] = trainers.train_expected_purchases(config, data, lambda _: None)
+    previous = mlflow.get_tracking_uri()  # other tests read the global URI
+    client = tracking.setup_tracking(config)
+    try:
+        mlflow.set_experiment(experiment_id=tracking.experiment(client, config, "expected_purchases"))
+        with mlflow.start_run(run_name="train-expected_purchases"):
+            [report] = publish.publish(config, client, trained)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert report.model_value == headline_value(trained.evaluation.metrics, "mae")
+    assert report.version == "1"  # the first version of an empty registry
+    assert report.promoted != bool(report.served_baseline)  # promoted, or a baseline served in its place
+    logged = client.get_run(report.run_id).data
+    assert logged.metrics["expected_purchases.mae"] == pytest.approx(report.model_value)
+    assert logged.tags["promotion.promoted"] == str(report.promoted)
