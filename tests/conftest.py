@@ -58,15 +58,15 @@ def feature_world(generated_dir: Path) -> FeatureWorld:
     return FeatureWorld(config=config, store=store, cutoffs=cutoffs)
 
 
-def event_world(generated_dir: Path, root: Path, bare: bool = False):
+def event_world(generated_dir: Path, root: Path, bare: bool = False, accelerated: bool = True):
     """A data directory for events: ``generated_dir``'s raw log (or its bare transaction log:
     customer_id, timestamp, amount), its latest snapshots, the Feast repo applied and written
-    online. Returns its ``Config``."""
+    online (this project's store, or Feast's own unless ``accelerated``). Returns its ``Config``."""
     import shutil
 
     import pandas as pd
 
-    from training.config import Config, SnapshotPlan
+    from training.config import Config, FeastSettings, SnapshotPlan
     from training.features import store as feature_store
     from training.features.snapshots import build_snapshots, data_end
 
@@ -77,7 +77,7 @@ def event_world(generated_dir: Path, root: Path, bare: bool = False):
     else:
         for table in ("transactions", "events", "customers"):
             shutil.copy(generated_dir / "raw" / f"{table}.parquet", root / "raw" / f"{table}.parquet")
-    config = Config(data_dir=root, snapshots=SnapshotPlan(months=1, step_days=30))
+    config = Config(data_dir=root, snapshots=SnapshotPlan(months=1, step_days=30), feast=FeastSettings(accelerated=accelerated))
     build_snapshots(config.paths, config.snapshots.dates(data_end(config.paths)))
     store = feature_store.feature_store(config)
     feature_store.apply(store, config.paths)

@@ -98,6 +98,9 @@ class FeastSettings:
     # A running endpoint re-reads the registry this often; meanwhile, and while the registry's
     # database is away, it serves from its copy.
     registry_cache_seconds: int = 60
+    # This project's faster online store (embedded) and reads (every store), which return what
+    # Feast's own return; off: Feast's own SQLite store and calls (INDICATORS_FEAST_ACCELERATED).
+    accelerated: bool = True
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,8 @@ def config_from_env(
     store the one it owns (``owned_mlflow_dir``). ``INDICATORS_UNKNOWN_CONSENT`` sets the
     consent policy, ``INDICATORS_WORKERS`` the endpoint's worker processes (default: cores). ``INDICATORS_PROFILE`` picks the stores: ``embedded`` (the default: SQLite
     online store, file registry, SQLite MLflow) or ``production`` (Redis, Feast registry and
-    MLflow in PostgreSQL, from ``PRODUCTION_ENV``). ``settings`` are further ``Config`` fields.
+    MLflow in PostgreSQL, from ``PRODUCTION_ENV``); ``INDICATORS_FEAST_ACCELERATED=false``
+    Feast's own online store and calls (``FeastSettings.accelerated``). ``settings`` are further ``Config`` fields.
     The same variables may come from a settings file (``INDICATORS_SETTINGS``), the
     environment winning over it.
     """
@@ -236,13 +240,19 @@ def config_from_env(
     workers = (env.get("INDICATORS_WORKERS") or "0").strip()
     if not workers.isdigit():
         raise ConfigError(f"INDICATORS_WORKERS must be a whole number (0: one per core), got {workers!r}")
-    profile = {"scoring": scoring, "workers": int(workers), **_profile_settings(env), **given}
+    profile = {"scoring": scoring, "workers": int(workers), **_profile_settings(env)}
+    switch = (env.get("INDICATORS_FEAST_ACCELERATED") or "true").strip().lower()
+    if switch not in ("true", "false"):
+        raise ConfigError(f"INDICATORS_FEAST_ACCELERATED must be true or false, got {switch!r}")
+    profile["feast"] = replace(profile.get("feast", FeastSettings()), accelerated=switch == "true")
+    profile |= given
     return Config(data_dir=Path(data), mlflow_dir=Path(mlflow_store) if mlflow_store else None, **profile)
 
 
 SETTINGS_FILE_ENV = "INDICATORS_SETTINGS"
 SETTINGS_KEYS = (
     "INDICATORS_PROFILE", "INDICATORS_DATA_DIR", "INDICATORS_MLFLOW_DIR", "INDICATORS_UNKNOWN_CONSENT", "INDICATORS_WORKERS",
+    "INDICATORS_FEAST_ACCELERATED",
     *PRODUCTION_ENV, *PRODUCTION_OPTIONAL_ENV,
 )
 

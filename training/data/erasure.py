@@ -205,9 +205,9 @@ def find_traces(roots: list[Path], customer_ids: list[str], online: Any = None) 
         except FileNotFoundError:
             continue  # gone since listed: a journal SQLite folded in
     if online is not None:
-        from training.features import store as feature_store
+        from training.features import accelerated
 
-        remaining = feature_store.online_rows(online, customer_ids)
+        remaining = accelerated.online_rows(online, customer_ids)
         if remaining:
             traces.append(Trace(f"online store ({_store_name(online)})", remaining))
     return traces
@@ -326,6 +326,7 @@ def _audit(paths: Paths, record: dict) -> Path:
 
 def erase(config: Config, customer_ids: Iterable[str]) -> ErasureReport:
     """Erase ``customer_ids`` everywhere, suppress them, verify, and audit (see the module)."""
+    from training.features import accelerated
     from training.features import store as feature_store
 
     ids = sorted({c.strip() for c in customer_ids if c and c.strip()})
@@ -340,7 +341,7 @@ def erase(config: Config, customer_ids: Iterable[str]) -> ErasureReport:
     online = None
     if (paths.feast / "online_store.db").exists() or config.feast.online_store != "sqlite":
         online = feature_store.feature_store(config)
-        if not feature_store.supports_erasure(online):
+        if not accelerated.supports_erasure(online):
             raise ErasureError(f"erasure from this online store is not supported: {config.feast.online_store}")
     roots = roots_of(config)
     with data_lock(paths):
@@ -354,10 +355,10 @@ def erase(config: Config, customer_ids: Iterable[str]) -> ErasureReport:
             removed[str(journal.journal_file(paths))] = journaled
         present |= in_journal
         if online is not None:  # an id only the online store held was found too
-            present |= {cid for cid in set(ids) - present if feature_store.online_rows(online, [cid])}
+            present |= {cid for cid in set(ids) - present if accelerated.online_rows(online, [cid])}
         report = ErasureReport(customers=len(ids), not_found=[c for c in ids if c not in present], rows_removed=removed)
         if online is not None:
-            report.online_rows_deleted = feature_store.erase_online(online, ids)
+            report.online_rows_deleted = accelerated.erase_online(online, ids)
         failed += _compact_sqlite(roots)
         left = journal.count_rows(paths, ids)
         report.traces = failed + find_traces(roots, ids, online) + ([Trace(str(journal.journal_file(paths)), left)] if left else [])
