@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import app
+from serving.cli import app
 
 runner = CliRunner()
 

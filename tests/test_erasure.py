@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from training.config import Config, Paths
-from training.data.erasure import erase, find_traces, roots_of
 from training.data.ingest import ImportOptions, IngestError, ingest
 from training.data.suppression import Suppression, SuppressionKeyError
+from training.erasure import erase, find_traces, roots_of
 
 
 def test_the_suppression_list_holds_keyed_hashes_only(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_numeric_ids_erase_only_that_customers_rows_and_keep_each_files_format(t
 
 
 def test_an_ids_file_may_carry_a_bom_a_header_and_other_columns(tmp_path: Path) -> None:
-    from training.data.erasure import read_ids_file
+    from training.erasure import read_ids_file
 
     path = tmp_path / "ids.csv"
     path.write_bytes("\ufeffcustomer_id;reason\nC1;request\n C2 ;request\n".encode("utf-8"))

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from serving.cli import app
 from tests.conftest import API_KEY, AUTH, POSTGRES_URL, REDIS, _reachable
-from training.cli import app
 from training.config import ConfigError, config_from_env
 
 pytestmark = pytest.mark.services
@@ -180,7 +180,7 @@ def test_ingest_train_score_serve_on_the_production_profile(production_env, tmp_
     assert answers[0] == answers[1]
 
     # Erasure reaches Redis: the customer's hash is gone, and a scan of Redis finds no trace.
-    from training.data.erasure import find_traces, roots_of
+    from training.erasure import find_traces, roots_of
     from training.features import store as feature_store
 
     victim = customers[0]

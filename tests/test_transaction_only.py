@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import app
+from serving.cli import app
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
-"""The ``indicators`` command line: every step of the pipeline, one command each."""
+"""The ``indicators`` commands of data, features and models, one command each. The commands
+that use the champions (score, serve, stream, api-key) join them in ``serving/cli.py``, the
+entry point, so nothing in ``training`` imports ``serving``."""
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +19,6 @@ from training.config import (
     DEFAULT_EXPERIMENT,
     Config,
     ConfigError,
-    ScoringSettings,
     SnapshotPlan,
     config_from_env,
     load_experiment,
@@ -64,17 +64,17 @@ def _progress() -> Progress:
     )
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code=2)
 
 
-def _config(*args, **kwargs) -> Config:
+def load_config(*args, **kwargs) -> Config:
     """``config_from_env``, its errors (a bad environment variable) as a clear message."""
     try:
         return config_from_env(*args, **kwargs)
     except ConfigError as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 @app.command()
@@ -106,7 +106,7 @@ def generate(
     from training.data.generate import GenerationSpec
     from training.data.generate import generate as run_generation
 
-    out = _config(out).data_dir
+    out = load_config(out).data_dir
     spec = GenerationSpec(
         customers=customers, seed=seed, start=start.date(), days=days,
         line_items=line_items, omit_columns=tuple(omit), transactions_only=transactions_only,
@@ -117,7 +117,7 @@ def generate(
         try:
             summary = run_generation(spec, out, on_chunk=lambda n: progress.advance(task, n))
         except ValueError as error:
-            _fail(str(error))
+            fail(str(error))
     console.print(
         f"{summary.customers:,} customers, {summary.transactions:,} transactions, "
         f"{summary.events:,} events from {summary.start:%Y-%m-%d} to {summary.end:%Y-%m-%d} "
@@ -129,7 +129,7 @@ def _parse_mapping(pairs: list[str]) -> dict[str, str]:
     mapping: dict[str, str] = {}
     for pair in pairs:
         if "=" not in pair:
-            _fail(f"--column expects CANONICAL=NAME, got {pair!r}")
+            fail(f"--column expects CANONICAL=NAME, got {pair!r}")
         canonical, name = pair.split("=", 1)
         mapping[canonical.strip()] = name.strip()
     return mapping
@@ -181,7 +181,7 @@ def ingest(
         if path is not None
     }
     if not sources:
-        _fail("nothing to import: give --transactions, --events and/or --customers")
+        fail("nothing to import: give --transactions, --events and/or --customers")
     options = ImportOptions(
         columns=_parse_mapping(column),
         date_format=date_format,
@@ -191,11 +191,11 @@ def ingest(
         cancelled_prefix=cancelled_prefix,
         as_of=as_of,
     )
-    config = _config(data_dir)
+    config = load_config(data_dir)
     try:
         reports = run_ingest(config.paths, sources, options)
     except IngestError as error:
-        _fail(f"{error}. Nothing was written.")
+        fail(f"{error}. Nothing was written.")
     table = Table(title="import summary")
     for header in ("table", "read", "added", "already present", "quarantined", "erased (suppressed)"):
         table.add_column(header)
@@ -251,12 +251,12 @@ def features(
     from training.features import store as feature_store
     from training.features.snapshots import build_snapshots, data_end
 
-    config = _config(data_dir, snapshots=SnapshotPlan(months=months, step_days=step_days))
+    config = load_config(data_dir, snapshots=SnapshotPlan(months=months, step_days=step_days))
     paths = config.paths
     try:
         latest = as_of if as_of is not None else data_end(paths)
     except FileNotFoundError as error:
-        _fail(str(error))
+        fail(str(error))
     cutoffs = config.snapshots.dates(latest)
     began = time.perf_counter()
     with _progress() as progress:
@@ -316,20 +316,20 @@ def train(
     for noisy in ("alembic", "pymc"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
-    base = _config(data_dir, mlflow_dir, tracking_uri=tracking_uri)
+    base = load_config(data_dir, mlflow_dir, tracking_uri=tracking_uri)
     shortcuts = [f"models.trials={trials}"] * (trials is not None) + [f"seed={seed}"] * (seed is not None)
     try:
         experiment = logged_experiment(base, from_run) if from_run else load_experiment(config_file)
         config = with_experiment(with_experiment(base, experiment), parse_overrides([*shortcuts, *(overrides or [])]))
     except ConfigError as error:
-        _fail(str(error))
+        fail(str(error))
     console.print(f"[dim]config: {f'run {from_run}' if from_run else config_file}; seed {config.seed}, "
                   f"{config.models.trials} trials per model[/]")
     began = time.perf_counter()
     try:
         result = run_training(config, on_step=lambda message: console.print(f"[dim]{time.perf_counter() - began:6.1f}s[/] {message}"))
     except (FileNotFoundError, HistoryTooShort) as error:
-        _fail(str(error))
+        fail(str(error))
     table = Table(title=f"indicators train ({result.data_window[0]:%Y-%m-%d} .. {result.data_window[1]:%Y-%m-%d})")
     verdicts = report_verdicts(result.reports)  # the same verdicts the HTML report opens with
     for header in verdicts.columns:
@@ -375,7 +375,7 @@ def backtest(
         log, bad_rows = read_log(transactions, cutoff, ImportOptions(columns=_parse_mapping(column), date_format=date_format))
         predictions, choice = run_backtest(log, cutoff, horizon_days, seed=seed)
     except (IngestError, BacktestError) as error:
-        _fail(str(error))
+        fail(str(error))
     out.parent.mkdir(parents=True, exist_ok=True)
     predictions.to_csv(out, index=False)
     if bad_rows:
@@ -390,39 +390,6 @@ def backtest(
 
 
 @app.command()
-def score(
-    data_dir: DataDir = None,
-    mlflow_dir: MlflowDir = None,
-    unknown_consent: Annotated[
-        str | None,
-        typer.Option(
-            envvar="INDICATORS_UNKNOWN_CONSENT", show_default="score",
-            help="Customers with no consent record: 'score' or 'skip' (a recorded refusal is never scored).",
-        ),
-    ] = None,
-) -> None:
-    """Score every consenting customer with the champions; write Parquet and the online store."""
-    from serving.batch import NothingToScore, score_all
-    from serving.scoring import ChampionMissing
-
-    began = time.perf_counter()
-    try:
-        config = _config(data_dir, mlflow_dir)
-        if unknown_consent is not None:
-            config = replace(config, scoring=ScoringSettings(unknown_consent=unknown_consent))
-        summary = score_all(config)
-    except (ChampionMissing, FileNotFoundError, NothingToScore, ConfigError) as error:
-        _fail(str(error))
-    console.print(
-        f"{summary.scored:,} customers scored as of {summary.scored_at:%Y-%m-%d} "
-        f"({summary.skipped_without_consent:,} not scored for consent; {summary.without_consent_record:,} had no "
-        f"consent record, {'scored' if config.scoring.unknown_consent == 'score' else 'not scored'} by policy) "
-        f"in {time.perf_counter() - began:.1f}s -> {summary.parquet} and the online store "
-        f"(stages: {', '.join(f'{k} {v:.1f}s' for k, v in summary.seconds.items())})"
-    )
-
-
-@app.command()
 def report(
     data_dir: DataDir = None,
     mlflow_dir: MlflowDir = None,
@@ -430,48 +397,16 @@ def report(
     """Print where the latest training report is (one HTML page per `indicators train`)."""
     from training.report import latest_report, reports_dir
 
-    config = _config(data_dir, mlflow_dir)
+    config = load_config(data_dir, mlflow_dir)
     latest = latest_report(config)
     if latest is None:
-        _fail(f"no report in {reports_dir(config)}: run `make train` first")
+        fail(f"no report in {reports_dir(config)}: run `make train` first")
     runs = sorted(latest.parent.glob("train-*.html"))
     typer.echo(latest.resolve())
     console.print(
         f"[dim]{len(runs)} report(s) in {latest.parent}; newest {runs[-1].name if runs else '-'}; "
         f"also logged to MLflow (experiment 'training_reports', `make mlflow-ui`)[/]"
     )
-
-@app.command()
-def serve(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 3000,
-    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for a container).")] = "127.0.0.1",
-    workers: Annotated[
-        int | None,
-        typer.Option(min=0, envvar="INDICATORS_WORKERS", show_default="one per core", help="Worker processes (0: one per core)."),
-    ] = None,
-    data_dir: DataDir = None,
-    mlflow_dir: MlflowDir = None,
-) -> None:
-    """Serve the endpoint (`bentoml serve`) for this data directory and registry (what `make serve` runs)."""
-    import os
-
-    from serving.access import AccessError, check_extra_key
-    from serving.server import server_environment
-    from training.config import PROJECT_ROOT
-
-    try:
-        check_extra_key(os.environ.get("INDICATORS_API_KEY"))
-    except AccessError as error:
-        _fail(str(error))
-    config = _config(data_dir, mlflow_dir, workers=workers)
-    env = {**os.environ, **server_environment(config), "INDICATORS_DATA_DIR": str(config.data_dir),
-           "INDICATORS_MLFLOW_DIR": str(config.mlflow_store)}
-    bentoml = str(Path(sys.executable).with_name("bentoml"))
-    command = [bentoml, "serve", "serving.service:CustomerIndicators", "--working-dir", str(PROJECT_ROOT),
-               "--host", host, "--port", str(port)]
-    console.print(f"serving {config.data_dir} with {config.server_workers} worker(s) on http://{host}:{port}")
-    os.execve(bentoml, command, env)
-
 
 @app.command()
 def erase(
@@ -481,19 +416,19 @@ def erase(
     mlflow_dir: MlflowDir = None,
 ) -> None:
     """Erase customers from every store, suppress them in later imports, verify and audit."""
-    from training.data.erasure import ErasureError, read_ids_file
-    from training.data.erasure import erase as run_erase
+    from training.erasure import ErasureError, read_ids_file
+    from training.erasure import erase as run_erase
 
     wanted = list(customer_id or [])
     if ids is not None:
         if not ids.exists():
-            _fail(f"ids file not found: {ids}")
+            fail(f"ids file not found: {ids}")
         wanted += read_ids_file(ids)
-    config = _config(data_dir, mlflow_dir)
+    config = load_config(data_dir, mlflow_dir)
     try:
         report = run_erase(config, wanted)
     except (ErasureError, OSError) as error:
-        _fail(str(error))
+        fail(str(error))
     rows = sum(report.rows_removed.values())
     console.print(
         f"{report.customers:,} customer(s) erased: {rows:,} rows removed from {len(report.rows_removed)} file(s), "
@@ -508,108 +443,6 @@ def erase(
         mark = "[bold red]still found[/]" if trace.definite else "[yellow]possible trace, check by hand[/]"
         console.print(f"  {mark} {trace.occurrences:,}x in {trace.location}", soft_wrap=True)
     if not report.complete:
-        _fail("erasure incomplete: the places above still hold an erased id (fix them, then run erase again)")
+        fail("erasure incomplete: the places above still hold an erased id (fix them, then run erase again)")
     console.print("verified: no erased id in a customer-id column of the data directory or the MLflow store, "
                   "nor in the online store" + (" (see the possible traces above)" if report.traces else ""))
-
-
-@app.command()
-def stream(
-    amqp: Annotated[str, typer.Option("--amqp", help="RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2F.")],
-    queue: Annotated[str, typer.Option("--queue", help="The queue of event batches (declared durable if absent).")],
-    idle_exit: Annotated[float | None, typer.Option(help="Stop once the queue has been empty this many seconds "
-                                                         "(default: run until interrupted).")] = None,
-    data_dir: DataDir = None,
-    mlflow_dir: MlflowDir = None,
-) -> None:
-    """Consume events from RabbitMQ as POST /events takes them; acknowledge each message once
-    its events are durable and online; poison messages go to QUEUE.dead-letter with the reason."""
-    import pika.exceptions
-
-    from serving.stream import consume, dead_letter_queue
-
-    config = _config(data_dir, mlflow_dir)
-    console.print(f"consuming {queue} (poison messages to {dead_letter_queue(queue)}); Ctrl-C stops")
-    try:
-        stats = consume(config, amqp, queue, idle_seconds=idle_exit)
-    except pika.exceptions.AMQPError as error:
-        _fail(f"RabbitMQ at {amqp.split('@')[-1]}: {type(error).__name__} {error}")
-    console.print(
-        f"{stats.messages:,} message(s): {stats.events_accepted:,} events accepted, {stats.duplicates:,} repeats, "
-        f"{stats.suppressed:,} of erased customers dropped, {stats.dead_lettered:,} dead-lettered, {stats.retried:,} retried"
-    )
-
-
-api_key_app = typer.Typer(help="API keys of the endpoint: create (shown once), list, revoke.", no_args_is_help=True)
-app.add_typer(api_key_app, name="api-key")
-
-
-def _key_store(data_dir: Path | None):
-    from serving.access import KeyStore
-
-    return KeyStore(_config(data_dir).paths.api_keys)
-
-
-@api_key_app.command("create")
-def api_key_create(
-    name: Annotated[str, typer.Option(help="Who or what the key is for (shown by `list`).")],
-    scope: Annotated[
-        list[str] | None,
-        typer.Option("--scope", help="profiles:read (default), events:write or admin; repeat for several."),
-    ] = None,
-    data_dir: DataDir = None,
-) -> None:
-    """Create a key and print it once: only its hash is stored."""
-    from serving.access import AccessError
-
-    try:
-        key, record = _key_store(data_dir).create(name, scope or ["profiles:read"])
-    except AccessError as error:
-        _fail(str(error))
-    typer.echo(key)
-    console.print(f"[dim]key {record.key_id} ({name}, scopes {', '.join(record.scopes)}): shown once, store it now[/]")
-
-
-@api_key_app.command("list")
-def api_key_list(data_dir: DataDir = None) -> None:
-    """Every key's id, name, scopes and dates (never the key)."""
-    keys = _key_store(data_dir).keys().values()
-    table = Table("id", "name", "scopes", "created", "revoked")
-    for key in keys:
-        table.add_row(key.key_id, key.name, ", ".join(key.scopes), key.created_at, key.revoked_at or "")
-    Console(width=150).print(table) if keys else console.print("no API keys: `indicators api-key create --name NAME`")
-
-
-@api_key_app.command("revoke")
-def api_key_revoke(key_id: Annotated[str, typer.Argument(help="The id `list` shows.")], data_dir: DataDir = None) -> None:
-    """Revoke a key: the next request with it gets 401 (running servers included)."""
-    from serving.access import AccessError
-
-    try:
-        record = _key_store(data_dir).revoke(key_id)
-    except AccessError as error:
-        _fail(str(error))
-    console.print(f"key {record.key_id} ({record.name}) revoked at {record.revoked_at}")
-
-
-@api_key_app.command("local")
-def api_key_local(port: Annotated[int, typer.Option(help="The port `make serve` listens on.")] = 3000, data_dir: DataDir = None) -> None:
-    """What `make serve` runs: create the key named 'local' on first use and print a curl line with it."""
-    store = _key_store(data_dir)
-    existing = [k for k in store.keys().values() if k.name == "local" and k.active]
-    if existing:
-        console.print(
-            f"[dim]local API key {existing[0].key_id} exists (created {existing[0].created_at}; shown only then). "
-            "A new one: `indicators api-key create --name NAME`[/]"
-        )
-        return
-    key, record = store.create("local", ["profiles:read"])
-    console.print(f"local API key {record.key_id} (profiles:read) created; it is shown once, in this curl line:")
-    typer.echo(
-        f"curl -s -X POST http://127.0.0.1:{port}/profile -H 'Authorization: Bearer {key}' "
-        """-H 'Content-Type: application/json' -d '{"customer_ids": ["C00000001"]}'"""
-    )
-
-
-if __name__ == "__main__":
-    app()

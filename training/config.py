@@ -62,7 +62,7 @@ class Paths:
 
     @property
     def suppression(self) -> Path:
-        """Keyed hashes of erased customers (``training.data.erasure``)."""
+        """Keyed hashes of erased customers (``training.erasure``)."""
         return self.access / "suppression.json"
 
     def raw_table(self, name: str) -> Path:

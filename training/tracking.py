@@ -15,6 +15,7 @@ import os
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,14 @@ from training.config import Config, ConfigError, experiment_yaml
 from training.evaluation import worse
 from training.models import without_customer_ids
 
-PIP_REQUIREMENTS = ["lightgbm", "scikit-learn", "pandas", "numpy"]
+# A logged model unpickles this project's classes: its requirements are this project's wheel
+# (which brings the rest), and the libraries the model runs on, at the versions it was fitted with.
+DISTRIBUTION = "customer-indicators"
+MODEL_LIBRARIES = ("lightgbm", "scikit-learn", "pandas", "numpy")
+
+
+def pip_requirements() -> list[str]:
+    return [f"{name}=={metadata.version(name)}" for name in (DISTRIBUTION, *MODEL_LIBRARIES)]
 CHAMPION, CHALLENGER = "champion", "challenger"
 CONFIG_ARTIFACT = "config.yaml"  # the resolved experiment config of the run
 
@@ -121,7 +129,7 @@ def log_model(model: Any, name: str, example: pd.DataFrame) -> str:
             artifacts={"model": str(path)},
             signature=infer_signature(example, output),
             input_example=non_personal_example(example),
-            pip_requirements=PIP_REQUIREMENTS,
+            pip_requirements=pip_requirements(),
         )
     return info.model_uri
 

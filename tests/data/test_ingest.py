@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import app
+from serving.cli import app
 from training.config import Paths
 from training.data.ingest import ImportOptions, IngestError, ingest, normalize
 

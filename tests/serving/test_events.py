@@ -187,7 +187,7 @@ def test_events_need_the_write_scope_and_grant_nothing_else(world) -> None:
 
 def test_an_erased_customers_events_are_erased_and_later_ones_dropped(world) -> None:
     from training.data import journal
-    from training.data.erasure import erase
+    from training.erasure import erase
 
     config, client = world
     customer = _consenting(config, 40)[-1]

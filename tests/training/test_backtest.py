@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from serving.cli import app
 from training.backtest import OUTPUT_COLUMNS, BacktestError, run_backtest
-from training.cli import app
 
 # A young business: 39 weeks of history before the cutoff, and a 39-week horizon.
 START = date(2025, 1, 1)

@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from training.cli import app
+from serving.cli import app
 from training.evaluation import normalized_gini
 
 CUTOFF = pd.Timestamp("1997-09-30", tz="UTC")  # 39 weeks of calibration

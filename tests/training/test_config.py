@@ -71,7 +71,7 @@ def test_a_data_directory_owns_its_mlflow_store_unless_one_is_given(tmp_path) ->
 def test_every_command_honours_the_data_directory_of_the_environment(tmp_path, monkeypatch) -> None:
     from typer.testing import CliRunner
 
-    from training.cli import app
+    from serving.cli import app
 
     monkeypatch.setenv("INDICATORS_DATA_DIR", str(tmp_path / "shop"))
     monkeypatch.delenv("INDICATORS_MLFLOW_DIR", raising=False)
