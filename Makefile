@@ -82,15 +82,15 @@ bench: setup ## Data/feature-store (100k, 1M) and serving benchmarks -> bench/re
 
 bench-serve: setup ## Serving benchmark (/profile latency, throughput, in-process floor, batch) -> bench/serve_results.json
 	@test -f $(MLFLOW_DIR)/mlflow.db || $(MAKE) train
-	$(RUN)/python -m bench.serve --data-dir $(DATA) --out bench/serve_results.json
+	$(RUN)/python -m bench.serve --data-dir $(DATA) --mlflow-dir $(MLFLOW_DIR) --out bench/serve_results.json
 
 load-test: setup ## Bounded load test on loopback: 1- and 100-customer /profile calls mixed (LOAD_SECONDS, default 600) -> bench/load_results.json
 	@test -f $(MLFLOW_DIR)/mlflow.db || $(MAKE) train
-	$(RUN)/python -m bench.load --data-dir $(DATA) --seconds $(LOAD_SECONDS) --out bench/load_results.json
+	INDICATORS_MLFLOW_DIR=$(MLFLOW_DIR) $(RUN)/python -m bench.load --data-dir $(DATA) --seconds $(LOAD_SECONDS) --out bench/load_results.json
 
 bench-events: setup ## Events benchmark: accepted/s (batches of 1, 100), event-to-fresh-profile, /profile under event load, exactness -> bench/events_results.json
 	@test -f $(MLFLOW_DIR)/mlflow.db || $(MAKE) train
-	$(RUN)/python -m bench.events --data-dir $(DATA) --out bench/events_results.json
+	INDICATORS_MLFLOW_DIR=$(MLFLOW_DIR) $(RUN)/python -m bench.events --data-dir $(DATA) --out bench/events_results.json
 
 bench-train: setup ## Training benchmark at 100k customers -> bench/train_results.json
 	$(RUN)/python -m bench.train --customers 100000 --out bench/train_results.json

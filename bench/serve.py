@@ -32,7 +32,7 @@ from bench.run import latency, machine_info
 from serving.batch import score_all
 from serving.scoring import ChampionMissing, Champions
 from serving.server import running_server
-from training.config import Config
+from training.config import Config, config_from_env
 
 
 def batches(ids: list[str], size: int, count: int, seed: int) -> list[list[str]]:
@@ -165,7 +165,7 @@ def batch_at_scale(config: Config, customers: int, work_dir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--mlflow-dir", type=Path, default=Path("mlflow"))
+    parser.add_argument("--mlflow-dir", type=Path, default=None, help="default: the one the data directory owns")
     parser.add_argument("--calls", type=int, default=500, help="sequential calls for 1 customer (1/5 for 100)")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each throughput run")
     parser.add_argument("--clients", default="2,4", help="concurrent clients of the throughput runs")
@@ -175,7 +175,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
-    config = Config(data_dir=args.data_dir.resolve(), mlflow_dir=args.mlflow_dir.resolve())
+    config = config_from_env(args.data_dir.resolve(), args.mlflow_dir.resolve() if args.mlflow_dir else None)
     try:
         Champions.load(config)
     except ChampionMissing as error:
