@@ -53,8 +53,8 @@ def test_a_verdict_says_which_way_is_better_and_who_wins() -> None:
                          {"activity_heuristic": 0.6}, None, served_baseline="activity_heuristic")
     table = verdicts([lower, higher, served]).set_index("model")
     assert table.loc["expected_purchases", "better"] == "lower"
-    assert table.loc["expected_purchases", "verdict"] == "loses to bg_nbd by 0.0500"
-    assert table.loc["clv", "verdict"] == "beats bg_nbd by 0.0500" and table.loc["clv", "served"] == "new champion v3"
+    assert table.loc["expected_purchases", "verdict"] == "loses by 0.0500"
+    assert table.loc["clv", "verdict"] == "beats by 0.0500" and table.loc["clv", "served"] == "new champion v3"
     assert table.loc["lookalike_top_value", "served"] == "baseline activity_heuristic"
     assert table.loc["expected_purchases", "served"] == "previous champion kept"
 

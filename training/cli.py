@@ -330,12 +330,12 @@ def train(
         result = run_training(config, on_step=lambda message: console.print(f"[dim]{time.perf_counter() - began:6.1f}s[/] {message}"))
     except (FileNotFoundError, HistoryTooShort) as error:
         fail(str(error))
-    table = Table(title=f"indicators train ({result.data_window[0]:%Y-%m-%d} .. {result.data_window[1]:%Y-%m-%d})")
-    verdicts = report_verdicts(result.reports)  # the same verdicts the HTML report opens with
-    for header in verdicts.columns:
-        table.add_column(header)
-    for row in verdicts.itertuples(index=False):
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    # The verdicts the HTML report opens with, one row each, in columns narrow enough for a terminal.
+    console.print(f"indicators train ({result.data_window[0]:%Y-%m-%d} .. {result.data_window[1]:%Y-%m-%d})")
+    table = Table("indicator", "metric", "model", "best baseline", "verdict", "served", box=None, pad_edge=False)
+    for v in report_verdicts(result.reports).itertuples(index=False):
+        baseline = "-" if v.best_baseline == "-" else f"{v.best_baseline} {v.baseline_value:.4f}"
+        table.add_row(v.indicator, f"{v.metric} ({v.better} is better)", f"{v.model_value:.4f}", baseline, v.verdict, v.served)
     console.print(table)
     for report in result.reports:
         if report.gate_note:

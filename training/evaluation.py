@@ -127,6 +127,30 @@ def worse(value: float, reference: float, higher_is_better: bool, tolerance: flo
     return margin < -tolerance
 
 
+LEVEL_TOLERANCE = 0.10  # a total error within +-10% is never held against a model
+RANKING_METRICS = frozenset({"normalized_gini", "spearman"})  # blind to the level of an amount
+
+
+def level_shortfall(metrics: pd.DataFrame, headline: str, against: str) -> str | None:
+    """Why the model's level loses to method ``against``'s, where its ``headline`` only ranks
+    (a model may rank revenue well and be 40% short of it): its total error is outside
+    +-``LEVEL_TOLERANCE`` and further from zero than the other's. None where it holds, where
+    the headline weighs the level itself (MAE), or where the indicator has none (probabilities)."""
+    if headline not in RANKING_METRICS:
+        return None
+    rows = metrics[metrics["metric"] == "total_error"]
+    model_rows = rows[rows["method"] == "model"]
+    if model_rows.empty:
+        return None
+    values = rows[rows["indicator"] == model_rows["indicator"].iloc[0]].set_index("method")["value"].astype(float)
+    if against not in values.index:
+        return None
+    mine, theirs = values["model"], values[against]
+    if not (np.isfinite(mine) and np.isfinite(theirs)) or abs(mine) <= LEVEL_TOLERANCE or abs(mine) <= abs(theirs):
+        return None
+    return f"total error {mine:+.1%} against {theirs:+.1%}"
+
+
 def headline_value(metrics: pd.DataFrame, headline: str, method: str = "model") -> float:
     """``method``'s value of the ``headline`` metric (on the model's first indicator)."""
     return float(metrics.query(f"method == '{method}' and metric == '{headline}'")["value"].iloc[0])

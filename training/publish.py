@@ -17,7 +17,7 @@ import pandas as pd
 from training import evaluation, tracking
 from training.catalogue import LEARNT_METHOD
 from training.config import Config
-from training.evaluation import best_baseline, headline_value
+from training.evaluation import best_baseline, headline_value, level_shortfall
 from training.explain import global_importance, shap_plots
 from training.trainers import Evaluation, Fallback, Gate, Trained
 
@@ -71,10 +71,11 @@ def _publish(config: Config, client, trained: Trained) -> list[ModelReport]:
     value = headline_value(metrics, gate.headline)
     # The baseline replaces the champion too unless the champion does as well as it.
     replaces = fallback is not None and tracking.baseline_replaces(champion_score, fallback.value, gate.higher_is_better)
+    best = best_baseline(metrics, gate.headline, gate.higher_is_better)
     decision = tracking.register_and_gate(
         client, gate.name, uri, gate.headline, value, champion_score, gate.higher_is_better,
-        tolerance=0.002 if gate.higher_is_better else 0.0,
-        baseline=best_baseline(metrics, gate.headline, gate.higher_is_better), baseline_served=replaces,
+        tolerance=0.002 if gate.higher_is_better else 0.0, baseline=best, baseline_served=replaces,
+        level_shortfall=None if best is None else level_shortfall(metrics, gate.headline, best[0]),
     )
     run_id, note, served_baseline = mlflow.active_run().info.run_id, decision.note, None
     if replaces and decision.loses_to_baseline:

@@ -73,14 +73,14 @@ def verdicts(reports: list) -> pd.DataFrame:
     rows = []
     for r in reports:
         row = {"indicator": r.indicator, "model": r.name, "metric": r.metric,
-               "better": "higher" if r.higher_is_better else "lower", "model value": r.model_value}
+               "better": "higher" if r.higher_is_better else "lower", "model_value": r.model_value}
         if r.baselines:
             name, value = r.best_baseline
             margin = (r.model_value - value) if r.higher_is_better else (value - r.model_value)
-            row |= {"best baseline": name, "baseline value": value,
-                    "verdict": f"{'beats' if margin >= 0 else 'loses to'} {name} by {abs(margin):.4f}"}
+            row |= {"best_baseline": name, "baseline_value": value,
+                    "verdict": f"{'beats' if margin >= 0 else 'loses'} by {abs(margin):.4f}"}
         else:
-            row |= {"best baseline": "-", "baseline value": float("nan"), "verdict": "no baseline"}
+            row |= {"best_baseline": "-", "baseline_value": float("nan"), "verdict": "no baseline"}
         row["served"] = _served(r)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -121,7 +121,7 @@ def _page(config: Config, result, stamp: str, sections: list[str]) -> str:
 window (time-based split: fit on earlier cutoffs, tune on the next, report on the last), against the
 best of its baselines on the same window (BG/NBD and Pareto/NBD + Gamma-Gamma, RFM cells; the
 activity heuristic for lookalikes). "better" says which way the metric improves.</p>
-{_table(verdicts(result.reports))}
+{_table(verdicts(result.reports).rename(columns=lambda c: c.replace("_", " ")))}
 {"".join(sections)}
 <details><summary>Every baseline, the oracle and the gate's notes</summary>
 <p>On generated data the oracle predicts from each customer's latent truth: the ceiling. A horizon

@@ -10,8 +10,10 @@ are logged either way.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
@@ -105,6 +107,26 @@ def _without_records(logger: str, *starts: str):
         target.removeFilter(keep)
 
 
+@contextlib.contextmanager
+def _registration_quiet():
+    """``mlflow.register_model`` prints two lines per version on stderr ("Successfully
+    registered model", "Created version"); the gate's own summary says what was registered.
+    Anything else written meanwhile is passed on."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    finally:
+        for line in captured.getvalue().splitlines(keepends=True):
+            if not line.startswith(("Successfully registered model", "Created version", "Registered model")):
+                sys.stderr.write(line)
+
+
+def _register(model_uri: str, name: str) -> str:
+    with _registration_quiet():
+        return str(mlflow.register_model(model_uri, name).version)
+
+
 def log_model(model: Any, name: str, example: pd.DataFrame) -> str:
     """Log ``model`` in the active run with a signature inferred from ``example`` and a
     ``non_personal_example`` of it; returns its model URI."""
@@ -183,22 +205,29 @@ def register_and_gate(
     tolerance: float,
     baseline: tuple[str, float] | None = None,
     baseline_served: bool = False,
+    level_shortfall: str | None = None,
 ) -> GateDecision:
     """Register the run's model as ``challenger``; make it ``champion`` unless it is worse than
-    the champion or than its best ``baseline`` (name, value) on the same window.
+    the champion or than its best ``baseline`` (name, value) on the same window, or its level
+    falls short of that baseline's (``level_shortfall``, from ``evaluation.level_shortfall``).
 
     A challenger that loses to its baseline is never promoted over a champion. With no champion
     yet it is promoted (something must serve) but the decision says loudly that it loses, unless
     ``baseline_served``: then the caller serves the baseline instead (``register_baseline``).
     """
-    version = mlflow.register_model(model_uri, name).version
+    version = _register(model_uri, name)
     client.set_registered_model_alias(name, CHALLENGER, version)
     current = _alias_version(client, name, CHAMPION)
     baseline_name, baseline_value = baseline if baseline is not None else (None, None)
-    loses = baseline_value is not None and not pd.isna(baseline_value) and worse(
+    worse_headline = baseline_value is not None and not pd.isna(baseline_value) and worse(
         challenger_value, baseline_value, higher_is_better, tolerance
     )
-    loss = f"loses to baseline {baseline_name} ({challenger_value:.4f} vs {baseline_value:.4f})" if loses else ""
+    loses = worse_headline or (baseline_name is not None and level_shortfall is not None)
+    loss = ""
+    if worse_headline:
+        loss = f"loses to baseline {baseline_name} ({challenger_value:.4f} vs {baseline_value:.4f})"
+    elif loses:
+        loss = f"loses to baseline {baseline_name} on level ({level_shortfall})"
     if loses and baseline_served:
         promoted, reason = False, f"{loss}: not promoted, the baseline is served as champion instead"
     elif loses and current is not None:
@@ -254,7 +283,7 @@ def register_baseline(
     challenger lost to it: ``reason`` says by how much). The version is tagged ``model_kind=
     baseline`` and ``baseline=<baseline>``, so nobody takes it for a learnt model; the
     ``challenger`` alias stays on the learnt model."""
-    version = mlflow.register_model(model_uri, name).version
+    version = _register(model_uri, name)
     current = _alias_version(client, name, CHAMPION)
     client.set_registered_model_alias(name, CHAMPION, version)
     decision = GateDecision(

@@ -20,7 +20,7 @@ from training.btyd import LABELS
 from training.carry import CarriedTiming, CarriedValue, Carry, learned_model
 from training.config import Config
 from training.dataset import FeatureEncoder
-from training.evaluation import best_baseline, headline_value, metrics_table, worse
+from training.evaluation import best_baseline, headline_value, level_shortfall, metrics_table, worse
 from training.models import (
     ActivityLookalikeModel,
     ClvModel,
@@ -287,17 +287,17 @@ def _with_classical_fallback(
     champion_value: Callable[[Any], float], at_learned: dict[str, Any], at_full: dict[str, Any],
 ) -> Trained:
     """The learnt ``model``'s backtest, and the classical model that can be served in the place
-    of ``served`` (the model as served: carried or not) if the learnt one loses to BG/NBD or
-    Pareto/NBD: fitted by this project at each test cutoff and scored by the same ``evaluate``,
-    kept only if it beats the learnt model there too (the gate's baselines are PyMC-Marketing's
-    MAP fits). None when the learnt model wins or its best baseline is RFM cells; with a note
-    when the refit does not beat it. ``at_learned`` and ``at_full`` are the classical model's
+    of ``served`` (the model as served: carried or not) if the learnt one does not hold against
+    BG/NBD or Pareto/NBD (headline or level, ``_holds``): fitted by this project at each test
+    cutoff and scored by the same ``evaluate``, kept only if the learnt model does not hold
+    against it either (the gate's baselines are PyMC-Marketing's MAP fits). None when the
+    learnt model holds or its best baseline is RFM cells; with a note when the refit does not
+    beat it. ``at_learned`` and ``at_full`` are the classical model's
     horizons for evaluation and for serving."""
     learnt = evaluate(lambda _cutoff: model)
     trained = Trained(gate, served, learnt, champion_value, (gate.name,))
     best = best_baseline(learnt.metrics, gate.headline, gate.higher_is_better)
-    value = headline_value(learnt.metrics, gate.headline)
-    if best is None or best[0] not in classical.NAMES or not worse(value, best[1], gate.higher_is_better, 0.0):
+    if best is None or best[0] not in classical.NAMES or _holds(learnt.metrics, gate, best[0]):
         return trained
     kind = classical.NAMES[best[0]]
     fits: dict[datetime, Any] = {}
@@ -311,7 +311,10 @@ def _with_classical_fallback(
     result = evaluate(candidate_at)
     refit_value = headline_value(result.metrics, gate.headline)
     label = LABELS[kind]
-    if worse(refit_value, value, gate.higher_is_better, 0.0):
+    side_by_side = pd.concat(  # the learnt model's rows beside the refit's, named "refit"
+        [learnt.metrics.query("method == 'model'"), result.metrics.query("method == 'model'").assign(method="refit")]
+    )
+    if _holds(side_by_side, gate, "refit"):
         trained.fallback_note = (f"{label} as this project fits it does not beat the learnt model on this window "
                                  f"({gate.headline} {refit_value:.4f}), so it is not served")
         return trained
@@ -324,6 +327,13 @@ def _with_classical_fallback(
                    f"whom {label} does not describe, get the learnt model's predictions and reasons")
     trained.fallback = Fallback(best[0], label, refit_value, result, build, description)
     return trained
+
+
+def _holds(metrics: pd.DataFrame, gate: Gate, against: str) -> bool:
+    """Whether the model holds against method ``against`` on the same rows: not worse on the
+    headline, and its level not short of the other's (``evaluation.level_shortfall``)."""
+    mine, theirs = headline_value(metrics, gate.headline), headline_value(metrics, gate.headline, against)
+    return not worse(mine, theirs, gate.higher_is_better, 0.0) and level_shortfall(metrics, gate.headline, against) is None
 
 
 # --- expected purchases ----------------------------------------------------------------------

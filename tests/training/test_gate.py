@@ -42,6 +42,23 @@ def test_the_best_baseline_is_the_best_non_oracle_method_on_the_headline_indicat
     assert evaluation.best_baseline(metrics[metrics["method"] == "model"], "auc", True) is None
 
 
+def test_a_level_far_off_and_further_off_than_the_baselines_loses() -> None:
+    def table(model_error: float, btyd_error: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            [("expected_revenue", "model", "normalized_gini", 0.70), ("expected_revenue", "btyd", "normalized_gini", 0.60),
+             ("expected_revenue", "model", "total_error", model_error), ("expected_revenue", "btyd", "total_error", btyd_error)],
+            columns=["indicator", "method", "metric", "value"],
+        )
+
+    assert evaluation.level_shortfall(table(-0.245, 0.055), "normalized_gini", "btyd") == "total error -24.5% against +5.5%"
+    assert evaluation.level_shortfall(table(-0.09, 0.01), "normalized_gini", "btyd") is None  # within +-10%: never held against it
+    assert evaluation.level_shortfall(table(-0.30, -0.35), "normalized_gini", "btyd") is None  # no further off than the baseline
+    assert evaluation.level_shortfall(table(-0.30, 0.0).query("metric != 'total_error' or method != 'btyd'"), "normalized_gini", "btyd") is None
+    churn = pd.DataFrame([("churn", "model", "auc", 0.8), ("churn", "btyd", "auc", 0.7)], columns=["indicator", "method", "metric", "value"])
+    assert evaluation.level_shortfall(churn, "auc", "btyd") is None  # a probability has no level here
+    assert evaluation.level_shortfall(table(-0.245, 0.055), "mae", "btyd") is None  # MAE weighs the level itself
+
+
 def test_a_challenger_that_loses_to_its_best_baseline_never_replaces_a_champion(trained) -> None:
     config, _ = trained
     client = tracking.setup_tracking(config)
@@ -70,6 +87,14 @@ def test_a_challenger_that_loses_to_its_best_baseline_never_replaces_a_champion(
     assert not second.promoted and second.loses_to_baseline and f"champion v{first.challenger_version} kept" in second.reason
     assert str(client.get_model_version_by_alias(name, tracking.CHAMPION).version) == first.challenger_version
     assert str(client.get_model_version_by_alias(name, tracking.CHALLENGER).version) == second.challenger_version
+
+    with mlflow.start_run(experiment_id=experiment, run_name="gate-check"):
+        level = tracking.register_and_gate(
+            client, name, f"runs:/{source.run_id}/clv", "normalized_gini", 0.90, 0.80, higher_is_better=True,
+            tolerance=0.002, baseline=("btyd", 0.85), level_shortfall="total error -24.5% against +5.5%",
+        )  # better ranked than the baseline, but its level does not hold
+    assert not level.promoted and level.loses_to_baseline
+    assert level.note.startswith("loses to baseline btyd on level (total error -24.5% against +5.5%)")
 
     _, third = gate(0.86, 0.80)  # beats both
     assert third.promoted and not third.loses_to_baseline and third.note is None
