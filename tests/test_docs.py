@@ -1,5 +1,6 @@
 """The docs name what the code holds: every module in the code map, every make target in the
-workflow, every catalogue model and indicator where the docs list them."""
+workflow, every catalogue model and indicator where the docs list them; and the code keeps
+the code map's rule that nothing imports a later layer."""
 
 from __future__ import annotations
 
@@ -46,3 +47,42 @@ def test_the_evaluation_table_has_a_row_per_catalogue_model(model) -> None:
 def test_the_service_docs_show_every_stored_indicator() -> None:
     service = _text("service.md")
     assert [name for name in catalogue.STORED_INDICATORS if f'"{name}"' not in service] == []
+
+
+def _imports(path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return found
+
+
+# The layers after features, by module (docs/architecture.md): a package may not import them.
+MODELLING = tuple(f"training.{m}" for m in (
+    "labels", "dataset", "windows", "boosting", "tuning", "models", "btyd", "baselines", "structural", "carry",
+    "classical", "backtest", "evaluation", "explain", "trainers",
+))
+TRACKING = ("training.tracking", "training.publish", "training.pipeline", "training.report", "training.cli")
+LATER = {
+    "training/data": ("training.features", "training.erasure", *MODELLING, *TRACKING, "serving"),
+    "training/features": ("training.erasure", *MODELLING, *TRACKING, "serving"),
+    "feature_repo": ("training.features", "training.erasure", *MODELLING, *TRACKING, "serving"),
+    "training": ("serving",),
+}
+
+
+@pytest.mark.parametrize("package", sorted(LATER))
+def test_nothing_imports_a_later_layer(package: str) -> None:
+    offending = {
+        str(path.relative_to(PROJECT_ROOT)): sorted(
+            m for m in _imports(path) if any(m == later or m.startswith(f"{later}.") for later in LATER[package])
+        )
+        for path in (PROJECT_ROOT / package).rglob("*.py")
+    }
+    assert {path: found for path, found in offending.items() if found} == {}
