@@ -105,6 +105,7 @@ def run(work: Path, trials: int) -> dict:
         "data": f"CDNOW master, {len(ids):,} customers who bought by {CUTOFF}; outcomes from the full log",
         "train_and_score_seconds": round(seconds, 1),
         "train_summary_horizons": [line for line in outputs[1].splitlines() if "carried" in line],
+        "train_summary_gate_notes": [line for line in outputs[1].splitlines() if "loses to baseline" in line],
         "methods": methods,
     }
 
