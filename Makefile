@@ -30,7 +30,7 @@ export FEAST_USAGE := False
 export PYTHONDONTWRITEBYTECODE :=
 export UV_LINK_MODE := copy
 
-.PHONY: help setup train data features serve test test-all test-services bench bench-events bench-train bench-serve bench-short-history load-test bento report lint mlflow-ui feast-ui notebooks clean
+.PHONY: help setup train data features serve test test-all test-services bench bench-events bench-train bench-serve bench-short-history bench-cdnow load-test bento report lint mlflow-ui feast-ui notebooks clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST) \
@@ -97,6 +97,9 @@ bench-train: setup ## Training benchmark at 100k customers -> bench/train_result
 
 bench-short-history: setup ## Six months of real data (CDNOW): train + score against the year after -> bench/short_history_results.json
 	$(RUN)/python -m bench.short_history --out bench/short_history_results.json
+
+bench-cdnow: setup ## CDNOW 39/39 weeks: indicators backtest and train + score beside BG/NBD and Pareto/NBD -> bench/cdnow_split_results.json
+	$(RUN)/python -m bench.cdnow_split --out bench/cdnow_split_results.json
 
 lint: setup ## Ruff lint
 	$(RUN)/ruff check .

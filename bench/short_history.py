@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,21 +44,43 @@ def cdnow_master() -> pd.DataFrame:
     return pd.read_csv(path, sep=r"\s+", header=None, dtype=str, names=["customer", "date", "cds", "dollars"])
 
 
-def run(work: Path, trials: int) -> dict:
+def train_and_score(work: Path, cutoff: str, trials: int, *train_args: str) -> tuple[Path, Path, list[str], float]:
+    """CDNOW to ``cutoff`` through ``indicators ingest``, ``train`` and ``score`` in ``work``:
+    the full log's CSV, the data directory, each command's output and the seconds they took."""
     raw = cdnow_master()
     full_csv, cut_csv, data = work / "cdnow.csv", work / "cdnow_to_cutoff.csv", work / "data"
     raw.to_csv(full_csv, index=False)
-    raw[raw["date"] <= CUTOFF.replace("-", "")].to_csv(cut_csv, index=False)
+    raw[raw["date"] <= cutoff.replace("-", "")].to_csv(cut_csv, index=False)
     mapping = [arg for canonical, source in COLUMNS.items() for arg in ("--column", f"{canonical}={source}")]
     indicators = str(Path(sys.executable).with_name("indicators"))
     commands = [
         [indicators, "ingest", "--transactions", str(cut_csv), *mapping, "--data-dir", str(data), "--as-of", "2100-01-01"],
-        [indicators, "train", "--data-dir", str(data), "--trials", str(trials)],
+        [indicators, "train", "--data-dir", str(data), "--trials", str(trials), *train_args],
         [indicators, "score", "--data-dir", str(data)],
     ]
     started = time.perf_counter()
     outputs = [subprocess.run(c, check=True, capture_output=True, text=True).stderr for c in commands]  # rich writes to stderr
-    seconds = time.perf_counter() - started
+    return full_csv, data, outputs, time.perf_counter() - started
+
+
+def gate_notes(train_output: str) -> list[str]:
+    return [line for line in train_output.splitlines() if "loses to baseline" in line]
+
+
+def main_of(run: Callable[[Path, int], dict], doc: str, default_out: str) -> None:
+    """A CDNOW benchmark's command line: ``--out`` and ``--trials``; the table printed."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(default_out))
+    parser.add_argument("--trials", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(Path(tmp), args.trials)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(pd.DataFrame(result["methods"]).T.round(4).to_string())
+
+
+def run(work: Path, trials: int) -> dict:
+    full_csv, data, outputs, seconds = train_and_score(work, CUTOFF, trials)
 
     cutoff = pd.Timestamp(CUTOFF, tz="UTC") + pd.Timedelta(hours=23, minutes=59, seconds=59)
     log, _ = read_log(full_csv, pd.Timestamp("2100-01-01", tz="UTC"), ImportOptions(columns=COLUMNS))
@@ -105,20 +128,13 @@ def run(work: Path, trials: int) -> dict:
         "data": f"CDNOW master, {len(ids):,} customers who bought by {CUTOFF}; outcomes from the full log",
         "train_and_score_seconds": round(seconds, 1),
         "train_summary_horizons": [line for line in outputs[1].splitlines() if "carried" in line],
-        "train_summary_gate_notes": [line for line in outputs[1].splitlines() if "loses to baseline" in line],
+        "train_summary_gate_notes": gate_notes(outputs[1]),
         "methods": methods,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/short_history_results.json"))
-    parser.add_argument("--trials", type=int, default=4)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run(Path(tmp), args.trials)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(pd.DataFrame(result["methods"]).T.round(4).to_string())
+    main_of(run, __doc__, "bench/short_history_results.json")
 
 
 if __name__ == "__main__":
