@@ -95,7 +95,8 @@ def prepare(config: Config, on_step: Step, timings: dict[str, float]) -> tuple[M
     if horizons.carries:
         carry = Carry.fitted(transactions, pd.Timestamp(end))
         on_step(f"{carry.describe()} fitted on the whole history carries the longer horizons")
-    return ModelingData(merged, horizons, start, end, transactions, truth, carry), store
+    data = ModelingData(merged, horizons, start, end, transactions, truth, carry, config.seed, config.models.threads)
+    return data, store
 
 
 def run_training(config: Config, on_step: Step = lambda _: None, models: tuple[str, ...] = tuple(TRAINERS)) -> TrainingResult:

@@ -81,6 +81,8 @@ def _publish(config: Config, client, trained: Trained) -> list[ModelReport]:
     if replaces and decision.loses_to_baseline:
         served = _serve_fallback(config, client, trained, fallback, run_id, decision)
         note += f" ({fallback.label} served, v{served.challenger_version}, {gate.headline} {fallback.value:.4f})"
+        if fallback.correction_note:
+            note += f"; {fallback.correction_note}"
         served_baseline = fallback.baseline
     elif note is not None and trained.fallback_note:
         note += f"; {trained.fallback_note}"
@@ -122,7 +124,8 @@ def _serve_fallback(
     card_note = (
         f"**Baseline, not a learnt model.** {fallback.description}, because the learnt model (run {beaten_run}, "
         f"version {beaten.challenger_version}) does worse on the same test window: {loss}. "
-        f"Its rows are `model` below; the learnt model's are `{LEARNT_METHOD}`."
+        + (f"{fallback.label}: {fallback.correction_note}. " if fallback.correction_note else "")
+        + f"Its rows are `model` below; the learnt model's are `{LEARNT_METHOD}`."
     )
     reason = f"{fallback.label} baseline served as champion: learnt challenger v{beaten.challenger_version} does worse ({loss})"
     with mlflow.start_run(run_name=f"{gate.name} ({fallback.label} baseline)", nested=True):

@@ -35,7 +35,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from training.btyd import MODELS, BtydFit, GammaGamma, Rfm, fit_btyd, fit_gamma_gamma
+from training.btyd import LABELS, MODELS, BtydFit, GammaGamma, Rfm, fit_btyd, fit_gamma_gamma
 from training.models import customer_uniform, time_at_probability
 
 INNER_SHARE = 0.7  # customers the corrections are fitted on; the rest score the candidates
@@ -43,10 +43,12 @@ CURVE_DAYS = np.array([7, 14, 30, 60, 90, 120, 180, 270, 365, 540, 730, 1095, 14
 LEVEL_BOUNDS = (0.5, 2.0)  # a larger correction means the windows differ too much to trust it
 INTERVAL_COVERAGE = 0.8
 INTERVAL_DRAWS = 300
-SHAPE_FEATURES = [
-    "frequency", "recency", "T", "days_since_last", "rate", "recency_ratio", "gap_mean", "gap_std",
-    "mean_spend_all", "first_spend", "recent_purchase_days", "p_alive", "log_expected",
-]
+# What the correction reads: served features (``customer_summary`` computes them from the log the
+# same way), from which ``shape_features`` derives its inputs. The first three are the RFM triplet.
+CORRECTION_READS = (
+    "purchase_days_total", "days_since_first_purchase", "days_since_last_purchase", "purchase_days_90d",
+    "revenue_total", "gap_mean_days", "gap_std_days",
+)
 BOOSTER_PARAMS = {
     "objective": "poisson", "learning_rate": 0.02, "num_leaves": 4, "lambda_l2": 20.0, "feature_fraction": 0.8,
     "bagging_fraction": 0.8, "bagging_freq": 1, "max_bin": 63, "verbose": -1, "deterministic": True,
@@ -104,11 +106,16 @@ def customer_summary(transactions: pd.DataFrame, cutoff: pd.Timestamp) -> pd.Dat
     )
     repeat_spend = (by_customer["amount"].sum() - first_spend) / summary["frequency"].clip(lower=1)
     summary["monetary_value"] = np.where(summary["frequency"] > 0, repeat_spend, 0.0)
-    summary["gap_mean"], summary["gap_std"] = by_customer["gap"].mean(), by_customer["gap"].std()
-    summary["mean_spend_all"], summary["first_spend"] = by_customer["amount"].mean(), first_spend
-    summary["days_since_last"] = summary["T"] - summary["recency"]
-    summary["rate"] = summary["frequency"] / summary["T"].clip(lower=1)
-    summary["recency_ratio"] = summary["recency"] / summary["T"].clip(lower=1)
+    summary["mean_spend_all"] = by_customer["amount"].mean()
+    # The correction's inputs, named and defined as the served features are (feature_repo), so
+    # a correction learned here reads the same numbers at serving time.
+    summary["purchase_days_total"] = days.astype(float)
+    summary["days_since_first_purchase"] = summary["T"]
+    summary["days_since_last_purchase"] = summary["T"] - summary["recency"]
+    summary["purchase_days_90d"] = daily[daily["day"] > cutoff - pd.Timedelta(days=90)].groupby("customer_id").size()
+    summary["purchase_days_90d"] = summary["purchase_days_90d"].fillna(0.0)
+    summary["revenue_total"] = past.groupby("customer_id")["amount"].sum()
+    summary["gap_mean_days"], summary["gap_std_days"] = by_customer["gap"].mean(), by_customer["gap"].std()
     return summary.rename_axis("customer_id").reset_index()
 
 
@@ -153,15 +160,43 @@ def simplest_within_one_se(per_customer: dict[str, np.ndarray]) -> str:
     return min(within, key=lambda k: (complexity(k), per_customer[k].mean()))
 
 
-def _shape_features(transactions: pd.DataFrame, cutoff: pd.Timestamp, summary: pd.DataFrame, fit: BtydFit, horizon: int) -> np.ndarray:
-    """The correction's inputs; ``log_expected`` is always in the inner horizon's units, as in training."""
-    rfm = rfm_of(summary)
-    frame = summary.assign(
-        recent_purchase_days=purchase_days_in(transactions, cutoff - pd.Timedelta(days=max(horizon // 3, 7)), cutoff, summary["customer_id"]),
-        p_alive=fit.p_alive(rfm),
-        log_expected=np.log(np.maximum(fit.expected(rfm, horizon), 1e-9)),
-    )
-    return frame[SHAPE_FEATURES].to_numpy(float)
+def shape_features(served: pd.DataFrame, fit: BtydFit, horizon: int) -> np.ndarray:
+    """The correction's inputs from the ``CORRECTION_READS`` columns of buyers; ``log_expected``
+    is always in the inner horizon's units, as in training."""
+    days = served["purchase_days_total"].to_numpy(float)
+    age = np.maximum(served["days_since_first_purchase"].to_numpy(float), 0.0)
+    since_last = np.clip(served["days_since_last_purchase"].to_numpy(float), 0.0, age)
+    rfm = Rfm(x=days - 1.0, t_x=age - since_last, T=age)
+    columns = [
+        rfm.x, rfm.t_x, rfm.T, since_last, rfm.x / np.maximum(rfm.T, 1.0), rfm.t_x / np.maximum(rfm.T, 1.0),
+        served["gap_mean_days"].to_numpy(float), served["gap_std_days"].to_numpy(float),
+        served["revenue_total"].to_numpy(float) / np.maximum(days, 1.0), served["purchase_days_90d"].to_numpy(float),
+        fit.p_alive(rfm), np.log(np.maximum(fit.expected(rfm, horizon), 1e-9)),
+    ]
+    return np.column_stack(columns)
+
+
+@dataclass(frozen=True)
+class Correction:
+    """What the inner window taught the classical model, as one factor on each buyer's purchase
+    rate: expected purchases x factor, P(no purchase) ** factor (module docstring, 3.)."""
+
+    level: float = 1.0
+    booster: lgb.Booster | None = None
+    inner_horizon: int = 0
+    scale: float = 1.0  # keeps the booster from moving the total over the customers at the cutoff
+
+    def factor(self, served: pd.DataFrame, fit: BtydFit) -> np.ndarray:
+        """Per buyer (rows of ``CORRECTION_READS``), the factor on the rate of ``fit``."""
+        factor = np.full(len(served), self.level)
+        if self.booster is not None and len(served):
+            x = shape_features(served, fit, self.inner_horizon)
+            factor *= self.scale * np.exp(self.booster.predict(x, raw_score=True, num_iteration=self.booster.best_iteration))
+        return factor
+
+    def describe(self) -> str:
+        parts = ([f"level x{self.level:.3f}"] if self.level != 1.0 else []) + (["LightGBM correction"] if self.booster else [])
+        return " + ".join(parts) or "no correction"
 
 
 def _booster(x: np.ndarray, y: np.ndarray, init: np.ndarray, ids: np.ndarray, seed: int, threads: int) -> lgb.Booster:
@@ -176,7 +211,11 @@ def _booster(x: np.ndarray, y: np.ndarray, init: np.ndarray, ids: np.ndarray, se
 def _relative(booster: lgb.Booster, x: np.ndarray, expected: np.ndarray) -> np.ndarray:
     """The booster's multiplicative correction, rescaled to leave the expected total unchanged."""
     factor = np.exp(booster.predict(x, raw_score=True, num_iteration=booster.best_iteration))
-    return factor * expected.sum() / max((factor * expected).sum(), 1e-12)
+    return factor * _scale(factor, expected)
+
+
+def _scale(factor: np.ndarray, expected: np.ndarray) -> float:
+    return float(expected.sum() / max((factor * expected).sum(), 1e-12))
 
 
 def _level(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -194,22 +233,27 @@ class _Inner:
     fits: dict[str, BtydFit]  # each model fitted at the inner cutoff, fitted once
 
 
-def choose(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed: int, threads: int) -> tuple[Choice, _Inner | None]:
-    """The gate: the model, level and correction the inner window supports (module docstring)."""
+def choose(
+    transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed: int, threads: int, models: tuple[str, ...] = MODELS,
+) -> tuple[Choice, _Inner | None]:
+    """The gate: the model (of ``models``), level and correction the inner window supports
+    (module docstring)."""
     bought = transactions.loc[(transactions["timestamp"] <= cutoff) & (transactions["amount"] > 0), "timestamp"]
     history = (cutoff.floor("D") - bought.min().floor("D")).days
     inner_horizon = int(min(horizon, history // 2))
 
+    plain = "pareto_nbd" if "pareto_nbd" in models else models[0]
+
     def fallback(reason: str) -> tuple[Choice, None]:
-        return Choice("pareto_nbd", 1.0, False, inner_horizon, None, reason), None
+        return Choice(plain, 1.0, False, inner_horizon, None, f"{reason}; plain {LABELS[plain]}"), None
 
     if inner_horizon < 14:
-        return fallback(f"{history} days of history: too short for an inner window; plain Pareto/NBD")
+        return fallback(f"{history} days of history: too short for an inner window")
     inner_cutoff = cutoff - pd.Timedelta(days=inner_horizon)
     summary = customer_summary(transactions, inner_cutoff)
     actual = purchase_days_in(transactions, inner_cutoff, cutoff, summary["customer_id"])
     if len(summary) < 200 or actual.sum() < 50 or (summary["frequency"] > 0).sum() < 30:
-        return fallback("too little data in the inner window; plain Pareto/NBD")
+        return fallback("too little data in the inner window")
     ids = summary["customer_id"].to_numpy()
     fitting = customer_uniform(ids, "structural-gate", seed) < INNER_SHARE  # by id: no row-order draw
     scoring = ~fitting
@@ -217,7 +261,7 @@ def choose(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed:
     per_customer: dict[str, np.ndarray] = {}  # each candidate's deviance on the scoring customers
     described: dict[str, tuple[str, bool]] = {}
     fits: dict[str, BtydFit] = {}
-    for model in MODELS:
+    for model in models:
         try:
             fit = fits[model] = fit_btyd(model, rfm)
         except (ValueError, FloatingPointError):
@@ -227,7 +271,7 @@ def choose(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed:
             continue
         level = _level(actual[fitting], expected[fitting])
         candidates = {model: (expected, False), f"{model}+level": (expected * level, False)}
-        x = _shape_features(transactions, inner_cutoff, summary, fit, inner_horizon)
+        x = shape_features(summary, fit, inner_horizon)
         booster = _booster(x[fitting], actual[fitting], np.log(np.maximum(expected[fitting], 1e-9)), ids[fitting], seed, threads)
         # Early stopping keeps at least one tree: whether the correction earns its place is the
         # one-SE rule's call below, on customers it was not fitted on.
@@ -236,7 +280,7 @@ def choose(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed:
             per_customer[name] = unit_deviance(actual[scoring], predicted[scoring])
             described[name] = (model, boosted)
     if not per_customer:
-        return fallback("no model could be fitted on the inner window; plain Pareto/NBD")
+        return fallback("no model could be fitted on the inner window")
     name = simplest_within_one_se(per_customer)
     model, boosted = described[name]
     deviance = {k: round(float(v.mean()), 5) for k, v in per_customer.items()}
@@ -301,6 +345,28 @@ def _interval(draws: np.ndarray, levels: tuple[float, float], mean: np.ndarray) 
     return np.minimum(low, mean), np.maximum(high, mean)
 
 
+def fitted(
+    transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed: int = 42, threads: int = 2, models: tuple[str, ...] = MODELS,
+) -> tuple[BtydFit, Correction, Choice, _Inner | None]:
+    """The chosen model fitted on every customer up to ``cutoff``, and its correction, learned
+    on the inner window (``choose``)."""
+    choice, inner = choose(transactions, cutoff, horizon, seed, threads, models)
+    summary = customer_summary(transactions, cutoff)
+    rfm = rfm_of(summary)
+    fit = fit_btyd(choice.model, rfm)
+    if not (choice.boosted and inner is not None):
+        return fit, Correction(choice.level, None, choice.inner_horizon_days), choice, inner
+    inner_fit = inner.fits[choice.model]
+    inner_expected = inner_fit.expected(rfm_of(inner.summary), inner.horizon)
+    booster = _booster(
+        shape_features(inner.summary, inner_fit, inner.horizon), inner.actual, np.log(np.maximum(inner_expected, 1e-9)),
+        inner.summary["customer_id"].to_numpy(), seed, threads,
+    )
+    raw = np.exp(booster.predict(shape_features(summary, fit, inner.horizon), raw_score=True, num_iteration=booster.best_iteration))
+    scale = _scale(raw, fit.expected(rfm, horizon))
+    return fit, Correction(choice.level, booster, inner.horizon, scale), choice, inner
+
+
 def forecast(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed: int = 42, threads: int = 2) -> tuple[pd.DataFrame, Choice]:
     """Indicators for every customer seen by ``cutoff``, from the log up to it.
 
@@ -311,21 +377,11 @@ def forecast(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, see
     log = transactions.loc[transactions["timestamp"] <= cutoff, ["customer_id", "timestamp", "amount"]]
     gross, refunded = log.loc[log["amount"] > 0, "amount"].sum(), -log.loc[log["amount"] < 0, "amount"].sum()
     refund_share = float(np.clip(refunded / gross, 0.0, 0.9)) if gross > 0 else 0.0
-    choice, inner = choose(log, cutoff, horizon, seed, threads)
+    fit, correction, choice, inner = fitted(log, cutoff, horizon, seed, threads)
     summary = customer_summary(log, cutoff)
     rfm = rfm_of(summary)
-    fit = fit_btyd(choice.model, rfm)
     expected = fit.expected(rfm, horizon)
-    factor = np.full(len(summary), choice.level)
-    if choice.boosted and inner is not None:
-        inner_fit = inner.fits[choice.model]
-        inner_expected = inner_fit.expected(rfm_of(inner.summary), inner.horizon)
-        x_inner = _shape_features(log, inner.cutoff, inner.summary, inner_fit, inner.horizon)
-        booster = _booster(
-            x_inner, inner.actual, np.log(np.maximum(inner_expected, 1e-9)), inner.summary["customer_id"].to_numpy(), seed, threads
-        )
-        x_now = _shape_features(log, cutoff, summary, fit, inner.horizon)
-        factor = factor * _relative(booster, x_now, expected)
+    factor = correction.factor(summary, fit)
     levels = _interval_levels(choice, inner, log, refund_share, seed)
     choice = Choice(**{**choice.__dict__, "interval_levels": levels})
     _, spend = _spend(summary, refund_share)

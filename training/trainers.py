@@ -28,6 +28,7 @@ from training.models import (
     LookalikeModel,
     PurchaseTimingModel,
 )
+from training.structural import Correction
 from training.tuning import tune
 from training.windows import HorizonPlan, Windows
 
@@ -47,7 +48,9 @@ class ModelingData:
     transactions: pd.DataFrame
     truth: pd.DataFrame | None
     carry: Carry | None = None  # fitted at the end of the data when a horizon is carried
-    btyd_cache: dict[tuple, pd.DataFrame] = field(default_factory=dict)
+    seed: int = 42
+    threads: int = 2
+    btyd_cache: dict[tuple, Any] = field(default_factory=dict)  # baseline predictions and classical fits
 
     @property
     def windows(self) -> dict[int, Windows]:
@@ -99,6 +102,7 @@ class Fallback:
     evaluation: Evaluation  # its own backtest, its rows as ``model``
     build: Callable[[], Any]  # the servable model, fitted on the whole history
     description: str  # what is served, for the top of its model card
+    correction_note: str | None = None  # why the inner-window correction was dropped, if it was
 
 
 @dataclass
@@ -289,28 +293,41 @@ def _with_classical_fallback(
     """The learnt ``model``'s backtest, and the classical model that can be served in the place
     of ``served`` (the model as served: carried or not) if the learnt one does not hold against
     BG/NBD or Pareto/NBD (headline or level, ``_holds``): fitted by this project at each test
-    cutoff and scored by the same ``evaluate``, kept only if the learnt model does not hold
-    against it either (the gate's baselines are PyMC-Marketing's MAP fits). None when the
-    learnt model holds or its best baseline is RFM cells; with a note when the refit does not
-    beat it. ``at_learned`` and ``at_full`` are the classical model's
-    horizons for evaluation and for serving."""
+    cutoff with the correction its inner window supports (``training.classical``), scored by the
+    same ``evaluate``, kept only if the learnt model does not hold against it either (the gate's
+    baselines are PyMC-Marketing's MAP fits). The correction is dropped if the corrected fit does
+    not hold against the plain baseline on the test window. None when the learnt model holds or
+    its best baseline is RFM cells; with a note when the refit does not beat it. ``at_learned``
+    and ``at_full`` are the classical model's horizons for evaluation and for serving."""
     learnt = evaluate(lambda _cutoff: model)
     trained = Trained(gate, served, learnt, champion_value, (gate.name,))
     best = best_baseline(learnt.metrics, gate.headline, gate.higher_is_better)
     if best is None or best[0] not in classical.NAMES or _holds(learnt.metrics, gate, best[0]):
         return trained
     kind = classical.NAMES[best[0]]
-    fits: dict[datetime, Any] = {}
 
-    def candidate_at(cutoff: datetime) -> Any:
-        if cutoff not in fits:  # fitted on the data up to each test cutoff, never after it
-            fitted = classical.fit_classical(data.transactions, pd.Timestamp(cutoff), kind)
-            fits[cutoff] = classical.classical_model(gate.name, model, fitted, **at_learned)
-        return fits[cutoff]
+    def refit(corrected: bool) -> tuple[Evaluation, bool]:
+        """The refit's backtest, and whether any of its fits carries a correction."""
+        fits: dict[datetime, Any] = {}
 
-    result = evaluate(candidate_at)
+        def candidate_at(cutoff: datetime) -> Any:
+            if cutoff not in fits:  # fitted on the data up to each test cutoff, never after it
+                fitted = _classical_fit(data, cutoff, kind, _horizon_of(at_learned), corrected)
+                fits[cutoff] = classical.classical_model(gate.name, model, fitted, **at_learned)
+            return fits[cutoff]
+
+        result = evaluate(candidate_at)
+        return result, any(fit.correction != Correction() for fit in fits.values())
+
+    result, corrected = refit(True)
+    correction_note = None
+    if corrected and not _holds(result.metrics, gate, best[0]):
+        correction_note = (f"its inner-window correction is dropped: corrected, it does not hold against plain "
+                           f"{LABELS[kind]} on the test window ({gate.headline} {headline_value(result.metrics, gate.headline):.4f} "
+                           f"against {headline_value(result.metrics, gate.headline, best[0]):.4f}, or short of its level)")
+        result, corrected = refit(False)
     refit_value = headline_value(result.metrics, gate.headline)
-    label = LABELS[kind]
+    label = LABELS[kind] + (" (corrected on an inner window)" if corrected else "")
     side_by_side = pd.concat(  # the learnt model's rows beside the refit's, named "refit"
         [learnt.metrics.query("method == 'model'"), result.metrics.query("method == 'model'").assign(method="refit")]
     )
@@ -320,13 +337,29 @@ def _with_classical_fallback(
         return trained
 
     def build() -> Any:
-        fitted = classical.fit_classical(data.transactions, pd.Timestamp(data.data_end), kind)
+        fitted = _classical_fit(data, data.data_end, kind, _horizon_of(at_full), corrected)
         return classical.classical_model(gate.name, served, fitted, **at_full)
 
     description = (f"{label} is served as champion for customers who have bought; customers who never bought, "
-                   f"whom {label} does not describe, get the learnt model's predictions and reasons")
-    trained.fallback = Fallback(best[0], label, refit_value, result, build, description)
+                   f"whom {LABELS[kind]} does not describe, get the learnt model's predictions and reasons")
+    trained.fallback = Fallback(best[0], label, refit_value, result, build, description, correction_note)
     return trained
+
+
+def _horizon_of(attributes: dict[str, Any]) -> int:
+    """The horizon a classical model's correction is learned for: its count or churn horizon."""
+    return attributes.get("horizon") or attributes["churn_horizon"]
+
+
+def _classical_fit(data: ModelingData, cutoff: datetime, kind: str, horizon: int, corrected: bool) -> classical.ClassicalFit:
+    """``classical.fit_classical`` on the data up to ``cutoff``, fitted once per run for every
+    trainer that asks."""
+    key = ("classical", kind, cutoff, horizon, corrected)
+    if key not in data.btyd_cache:
+        data.btyd_cache[key] = classical.fit_classical(
+            data.transactions, pd.Timestamp(cutoff), kind, horizon, data.seed, data.threads, corrected,
+        )
+    return data.btyd_cache[key]
 
 
 def _holds(metrics: pd.DataFrame, gate: Gate, against: str) -> bool:

@@ -11,8 +11,10 @@ import pytest
 from training.btyd import Rfm
 from training.carry import RFM_FEATURES, CarriedTiming, CarriedValue, Carry
 from training.classical import ClassicalClv, classical_model, fit_classical, is_classical
-from training.models import ClvModel, PurchaseTimingModel
-from training.structural import customer_summary
+from training.config import Paths
+from training.features.snapshots import build_snapshots
+from training.models import ClvModel, CountModel, PurchaseTimingModel
+from training.structural import CORRECTION_READS, customer_summary, rfm_of
 
 from .test_cdnow import cdnow_file
 
@@ -78,6 +80,9 @@ def _features(n: int, seed: int) -> pd.DataFrame:
         "days_since_first_purchase": age,
         "days_since_last_purchase": age * rng.uniform(0, 1, n),
         "revenue_90d": rng.gamma(2.0, 30.0, n) * (days > 1),
+        "purchase_days_90d": np.minimum(days, rng.integers(0, 3, n)).astype(float),
+        "gap_mean_days": np.where(days > 1, age / np.maximum(days - 1, 1), np.nan),
+        "gap_std_days": np.where(days > 2, rng.uniform(0, 30, n), np.nan),
         "region": rng.choice(["north", "south"], n),
     })
 
@@ -119,7 +124,7 @@ def test_carried_models_keep_the_learned_horizons_and_extend_the_rest(carry: Car
 
 
 def test_the_classical_model_serves_buyers_and_the_learnt_one_the_others(log: pd.DataFrame) -> None:
-    fitted = fit_classical(log, CUTOFF, "pareto_nbd")
+    fitted = fit_classical(log, CUTOFF, "pareto_nbd", 90, corrected=False)
     features = _features(400, 3)
     features.loc[:49, ["purchase_days_total", "days_since_first_purchase", "days_since_last_purchase"]] = [0, np.nan, np.nan]
     features["revenue_total"] = features["purchase_days_total"] * 40.0
@@ -146,3 +151,83 @@ def test_the_classical_model_serves_buyers_and_the_learnt_one_the_others(log: pd
     churn = classical_timing.predict(features)["p_churn"].to_numpy()
     np.testing.assert_allclose(churn[~never], fitted.carry.fit.p_no_purchase(customers, 90), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(churn[never], timing.predict(features)["p_churn"].to_numpy()[never])
+
+
+def _served_at(log: pd.DataFrame, cutoff: pd.Timestamp, tmp_path) -> pd.DataFrame:
+    """The served features of the log's customers at ``cutoff``, from the feature SQL."""
+    paths = Paths(tmp_path)
+    paths.raw.mkdir(parents=True)
+    log.to_parquet(paths.raw_table("transactions"), index=False)
+    build_snapshots(paths, [cutoff])
+    served = pd.read_parquet(paths.features / "customer_transactions.parquet")
+    for name, column in (("days_since_first_purchase", "first_purchase_at"), ("days_since_last_purchase", "last_purchase_at")):
+        served[name] = (cutoff - pd.to_datetime(served[column], utc=True)).dt.total_seconds() / 86_400
+    return served
+
+
+def test_the_corrected_classical_model_reads_what_its_correction_learned_from(log: pd.DataFrame, tmp_path) -> None:
+    """The correction is learned on features computed from the log (``customer_summary``) and
+    served on the feature SQL's: both must hold the same numbers, and the served model must
+    apply the correction's factor to the classical rate."""
+    summary = customer_summary(log, CUTOFF).set_index("customer_id")
+    served = _served_at(log, CUTOFF, tmp_path).set_index("customer_id").loc[summary.index]
+    # Customers whose orders were all free are first purchases for nothing to the log's summary
+    # and non-buyers to the features; the classical model serves buyers only.
+    buyers = served["purchase_days_total"].to_numpy() >= 1
+    assert 0.9 < buyers.mean() < 1
+    summary, served = summary[buyers], served[buyers]
+    for column in CORRECTION_READS:
+        np.testing.assert_allclose(served[column].to_numpy(float), summary[column].to_numpy(float), rtol=1e-9, err_msg=column)
+
+    fitted = fit_classical(log, CUTOFF, "pareto_nbd", 180)
+    assert fitted.correction.level != 1.0 or fitted.correction.booster is not None, "the sample supports no correction"
+    assert fitted.label.startswith("Pareto/NBD + ")
+    features = served.reset_index()
+    y = np.random.default_rng(5).poisson(1.0, len(features)).astype(float)
+    counts = classical_model("expected_purchases", CountModel(horizon=90, max_rounds=20).fit(features, y, features, y), fitted, horizon=180)
+    factor = fitted.correction.factor(summary.reset_index(), fitted.carry.fit)
+    np.testing.assert_allclose(counts.predict(features)["expected_purchases"],
+                               fitted.carry.fit.expected(rfm_of(summary), 180) * factor, rtol=1e-6)
+    plain = fit_classical(log, CUTOFF, "pareto_nbd", 180, corrected=False)
+    assert plain.label == "Pareto/NBD" and plain.correction.booster is None
+
+
+@pytest.mark.parametrize("corrected_mae, served", [(0.90, "corrected"), (1.05, "plain")])
+def test_the_served_classical_model_keeps_its_correction_only_if_it_holds_on_the_test_window(
+    log: pd.DataFrame, corrected_mae: float, served: str
+) -> None:
+    """A learnt model that loses to Pareto/NBD gets Pareto/NBD served, corrected on an inner
+    window if the corrected fit holds against plain Pareto/NBD on the same test window, plain
+    (and the summary says why) if not."""
+    from training import trainers
+    from training.windows import Windows
+
+    features = _features(300, 6)
+    y = np.random.default_rng(6).poisson(1.0, len(features)).astype(float)
+    learnt = CountModel(horizon=90, max_rounds=20).fit(features, y, features, y)
+    window = Windows(90, (CUTOFF - pd.Timedelta(days=120),), CUTOFF - pd.Timedelta(days=60), CUTOFF)
+    data = trainers.ModelingData(features, None, CUTOFF - pd.Timedelta(days=270), CUTOFF, log, None)
+
+    def evaluate(candidate_at) -> trainers.Evaluation:
+        candidate = candidate_at(window.test)
+        mae = 1.20 if candidate is learnt else corrected_mae if candidate.correction.booster or candidate.correction.level != 1 else 0.95
+        rows = [("model", mae), ("pareto_nbd", 1.00), ("btyd", 1.10)]
+        return trainers.Evaluation(pd.DataFrame(
+            [{"indicator": "expected_purchases", "method": m, "metric": "mae", "value": v} for m, v in rows]
+        ))
+
+    trained = trainers._with_classical_fallback(
+        data, trainers.Gate.of("expected_purchases", window, features), learnt, learnt, evaluate, lambda _: 0.0,
+        {"horizon": 90}, {"horizon": 180},
+    )
+    fallback = trained.fallback
+    assert fallback is not None and fallback.baseline == "pareto_nbd"
+    model = fallback.build()
+    assert is_classical(model) and model.horizon == 180
+    if served == "corrected":
+        assert fallback.label == "Pareto/NBD (corrected on an inner window)" and fallback.value == 0.90
+        assert fallback.correction_note is None and model.baseline.startswith("Pareto/NBD + ")
+    else:
+        assert fallback.label == "Pareto/NBD" and fallback.value == 0.95
+        assert "does not hold against plain Pareto/NBD on the test window (mae 1.0500 against 1.0000" in fallback.correction_note
+        assert model.baseline == "Pareto/NBD" and model.correction.booster is None
