@@ -98,7 +98,7 @@ bench-train: setup ## Training benchmark at 100k customers -> bench/train_result
 bench-short-history: setup ## Six months of real data (CDNOW): train + score against the year after -> bench/short_history_results.json
 	$(RUN)/python -m bench.short_history --out bench/short_history_results.json
 
-bench-cdnow: setup ## CDNOW 39/39 weeks: indicators backtest and train + score beside BG/NBD and Pareto/NBD -> bench/cdnow_split_results.json
+bench-cdnow: setup ## CDNOW 39/39 weeks: indicators backtest (train + score up to the cutoff) beside BG/NBD and Pareto/NBD -> bench/cdnow_split_results.json
 	$(RUN)/python -m bench.cdnow_split --out bench/cdnow_split_results.json
 
 lint: setup ## Ruff lint

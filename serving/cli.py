@@ -1,12 +1,13 @@
 """The ``indicators`` command line: the commands of data, features and models
-(``training/cli.py``) and, here, the ones that use the champions: score, serve, stream and
-the endpoint's API keys. Each imports what it runs when it runs, so every command starts fast."""
+(``training/cli.py``) and, here, the ones that use the champions: score, backtest (train,
+then score), serve, stream and the endpoint's API keys. Each imports what it runs when it runs, so every command starts fast."""
 
 from __future__ import annotations
 
 import sys
 import time
 from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from training.cli import DataDir, MlflowDir, app, console, fail, load_config
-from training.config import ConfigError, ScoringSettings
+from training.config import DEFAULT_EXPERIMENT, ConfigError, ScoringSettings, as_utc
 
 
 @app.command()
@@ -49,6 +50,77 @@ def score(
         f"in {time.perf_counter() - began:.1f}s -> {summary.parquet} and the online store "
         f"(stages: {', '.join(f'{k} {v:.1f}s' for k, v in summary.seconds.items())})"
     )
+
+
+@app.command()
+def backtest(
+    transactions: Annotated[Path, typer.Option(help="Transaction log (.csv, .parquet or .xlsx), mapped with --column.")],
+    cutoff: Annotated[
+        datetime,
+        typer.Option(formats=["%Y-%m-%d"], help="Only rows at or before this moment are used (00:00 UTC of the date)."),
+    ],
+    horizon_days: Annotated[int, typer.Option(min=1, help="Horizon N of every indicator: p_churn is no purchase in (cutoff, cutoff + N].")],
+    out: Annotated[Path, typer.Option(help="Output CSV, one row per customer seen before the cutoff.")],
+    column: Annotated[
+        list[str], typer.Option("--column", help="Map a canonical column to the file's name, CANONICAL=NAME (repeatable).")
+    ] = [],  # noqa: B006 - typer needs a literal default
+    date_format: Annotated[str | None, typer.Option(help="strftime format of dates (default: inferred).")] = None,
+    config_file: Annotated[
+        Path, typer.Option("--config", help="Experiment config (YAML), as `indicators train` takes it.")
+    ] = DEFAULT_EXPERIMENT,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set models.trials=2 (repeatable).")
+    ] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="Shortcut for --set models.trials=N.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Shortcut for --set seed=N.")] = None,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option(help="Keep the backtest's data directory (import, features, MLflow runs, report) here; it must "
+                          "hold no data yet (default: a temporary directory, removed afterwards)."),
+    ] = None,
+) -> None:
+    """Train on the log up to the cutoff as `indicators train` does, then score everyone as `indicators score` does."""
+    import tempfile
+
+    from serving.backtest import (
+        OUTPUT_COLUMNS,
+        BacktestError,
+        backtest_config,
+        read_log,
+        run_backtest,
+    )
+    from serving.batch import NothingToScore
+    from training.cli import parse_mapping, print_training_summary, quiet_mlflow, training_config
+    from training.config import Config
+    from training.data.ingest import ImportOptions, IngestError
+    from training.windows import HistoryTooShort
+
+    quiet_mlflow()
+    began = time.perf_counter()
+    try:
+        log, bad_rows = read_log(transactions, cutoff, ImportOptions(columns=parse_mapping(column), date_format=date_format))
+    except IngestError as error:
+        fail(str(error))
+    if bad_rows:
+        console.print(f"{bad_rows:,} unusable rows were skipped (see `indicators ingest` for the reasons)")
+    with tempfile.TemporaryDirectory(prefix="indicators-backtest-") as scratch:
+        config = training_config(Config(), config_file, None, trials, seed, overrides)
+        config = backtest_config(config, work_dir or Path(scratch), horizon_days)
+        try:
+            result = run_backtest(log, cutoff, config, lambda message: console.print(f"[dim]{time.perf_counter() - began:6.1f}s[/] {message}"))
+        except (BacktestError, HistoryTooShort, IngestError, NothingToScore) as error:
+            fail(str(error))
+        print_training_summary(result.training, began)
+    predictions = result.predictions
+    out.parent.mkdir(parents=True, exist_ok=True)
+    predictions[OUTPUT_COLUMNS].to_csv(out, index=False)
+    last = log["timestamp"].max()
+    if last < result.scored_as_of - timedelta(days=1) or result.scored_as_of < as_utc(cutoff) - timedelta(days=1):
+        console.print(f"[yellow]warning:[/] the last transaction ({last:%Y-%m-%d}) is well before the cutoff "
+                      f"({cutoff:%Y-%m-%d}): predictions are as of {result.scored_as_of:%Y-%m-%d}, the end of the data")
+    kept = f"; data, MLflow runs and report kept in {work_dir}" if work_dir else ""
+    console.print(f"{len(predictions):,} customers -> {out} in {time.perf_counter() - began:.1f}s, "
+                  f"as of {result.scored_as_of:%Y-%m-%d}{kept}")
 
 
 @app.command()

@@ -66,7 +66,7 @@ def _imports(path) -> set[str]:
 # The layers after features, by module (docs/architecture.md): a package may not import them.
 MODELLING = tuple(f"training.{m}" for m in (
     "labels", "dataset", "windows", "boosting", "tuning", "models", "btyd", "baselines", "structural", "carry",
-    "classical", "backtest", "evaluation", "explain", "trainers",
+    "classical", "evaluation", "explain", "trainers",
 ))
 TRACKING = ("training.tracking", "training.publish", "training.pipeline", "training.report", "training.cli")
 LATER = {

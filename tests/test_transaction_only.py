@@ -89,7 +89,7 @@ def test_a_learnt_model_that_loses_to_a_classical_one_is_never_served(bare) -> N
             loses = any(f"loses to baseline {b} " in tags.get("loses_to_baseline", "") for b in ("btyd", "pareto_nbd"))
             assert not loses or "does not beat the learnt model" in refit, tags
         else:
-            assert tags["baseline"].removesuffix(" (corrected on an inner window)") in ("BG/NBD", "Pareto/NBD")
+            assert tags["baseline"].split(" (")[0] in ("BG/NBD", "Pareto/NBD")
     output = " ".join(bare["train"].split())
     assert ("served, v" in output) == ("baseline" in kinds.values()), output
 
@@ -121,12 +121,13 @@ def test_the_endpoint_serves_a_bare_log(bare) -> None:
     assert "learned at 90 d" in expected_purchases and "carried" not in expected_purchases  # its 90 days fit
 
 
+@pytest.mark.slow  # the same pipeline as the train above, on the same log; the CDNOW sample runs it by default
 def test_backtest_runs_on_a_bare_log(bare, tmp_path: Path) -> None:
     out = tmp_path / "predictions.csv"
     result = CliRunner().invoke(
         app,
         ["backtest", "--transactions", str(bare["export"]), "--column", "customer_id=client", "--column", "timestamp=date",
-         "--column", "amount=total", "--cutoff", "2024-08-31", "--horizon-days", "90", "--out", str(out)],
+         "--column", "amount=total", "--cutoff", "2024-08-31", "--horizon-days", "90", "--out", str(out), "--trials", "1"],
     )
     assert result.exit_code == 0, result.output
     assert pd.read_csv(out)["p_churn"].between(0, 1).all()

@@ -129,33 +129,6 @@ class BtydFit:
         ratio = log_likelihood(self.params, rfm.x, rfm.t_x, rfm.T + t) - log_likelihood(self.params, rfm.x, rfm.t_x, rfm.T)
         return np.exp(np.minimum(ratio, 0.0))
 
-    def draws(self, rfm: Rfm, t: float, n: int, rng: np.random.Generator, rate_factor: np.ndarray) -> np.ndarray:
-        """``n`` posterior draws of each customer's purchase count in (T, T + t], purchase
-        rates scaled by ``rate_factor`` (customers x n)."""
-        x, T = rfm.x[:, None], rfm.T[:, None]
-        shape = (len(rfm.x), n)
-        alive = rng.random(shape) < self.p_alive(rfm)[:, None]
-        r, alpha = self.params[:2]
-        rate = rng.gamma(r + x, 1.0 / (alpha + T), shape) * rate_factor[:, None]
-        if self.model == "pareto_nbd":
-            s, beta = self.params[2:]
-            death_rate = rng.gamma(s, 1.0 / (beta + T), shape)
-            lifetime = np.minimum(rng.exponential(1.0, shape) / np.maximum(death_rate, 1e-300), t)
-            return np.where(alive, rng.poisson(rate * lifetime), 0)
-        a, b = self.params[2:]
-        dropout = rng.beta(a, b + x, shape)  # after each purchase the customer leaves with this chance
-        count = np.zeros(shape, dtype=np.int64).ravel()
-        clock = np.zeros(count.size)
-        rate, dropout = np.maximum(rate, 1e-300).ravel(), dropout.ravel()
-        live = np.flatnonzero(alive.ravel())
-        while live.size:  # one purchase at a time, drawn only for the draws still buying
-            clock[live] += rng.exponential(1.0, live.size) / rate[live]
-            live = live[clock[live] <= t]
-            count[live] += 1
-            live = live[rng.random(live.size) >= dropout[live]]
-        return count.reshape(shape)
-
-
 def fit_btyd(model: str, rfm: Rfm) -> BtydFit:
     """Maximum-likelihood fit (Nelder-Mead, then L-BFGS-B from there) over the distinct
     (x, t_x, T) rows weighted by how many customers share them."""
@@ -194,15 +167,6 @@ class GammaGamma:
     def expected_spend(self, x: np.ndarray, mean_spend: np.ndarray) -> np.ndarray:
         known = (x > 0) & (mean_spend > 0)
         return np.where(known, self.p * (self.v + x * mean_spend) / (self.p * x + self.q - 1), self.p * self.v / (self.q - 1))
-
-    def draws(self, x: np.ndarray, mean_spend: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Revenue draws for purchase-count draws ``counts`` (customers x n)."""
-        known = (x > 0) & (mean_spend > 0)
-        shape = np.where(known, self.p * x + self.q, self.q)
-        rate = np.where(known, self.v + x * mean_spend, self.v)
-        nu = rng.gamma(shape[:, None], 1.0 / rate[:, None], counts.shape)
-        return np.where(counts > 0, rng.gamma(np.maximum(self.p * counts, 1e-12), 1.0 / nu), 0.0)
-
 
 def fit_gamma_gamma(x: np.ndarray, mean_spend: np.ndarray) -> GammaGamma | None:
     """Fit on repeat buyers; None when spend does not vary (every purchase the same amount) or

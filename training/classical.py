@@ -4,7 +4,7 @@ On a transaction-only log a boosted model can lose to BG/NBD or Pareto/NBD on th
 The gate then serves the classical model instead, labelled as the baseline (as the activity
 heuristic replaces a losing lookalike). The gate's baselines are PyMC-Marketing's MAP fits;
 the served model is the same model fitted by maximum likelihood (``training.btyd``), which
-needs no PyMC at serving time, with the correction the structural forecast learns on an inner
+needs no PyMC at serving time, with the structural correction learned on an inner
 window before the cutoff (``training.structural``: a level, a LightGBM correction of each
 buyer's rate, or none). It is served only if, fitted at the test cutoffs, it beats the learnt
 model too, and corrected only if the corrected fit holds against the plain baseline there.
@@ -49,8 +49,8 @@ class ClassicalFit:
     @property
     def label(self) -> str:
         """The model as summaries name it: "Pareto/NBD", or "Pareto/NBD + level x1.133 + ..."."""
-        corrected = self.correction.describe()
-        return self.carry.describe() + ("" if corrected == "no correction" else f" + {corrected}")
+        corrected = "" if self.correction.identity else f" + {self.correction.describe()}"
+        return self.carry.describe() + corrected
 
 
 def fit_classical(
@@ -58,7 +58,7 @@ def fit_classical(
     corrected: bool = True,
 ) -> ClassicalFit:
     """``model`` ("bg_nbd" or "pareto_nbd") and Gamma-Gamma on the purchases up to ``cutoff``,
-    with the correction the structural forecast learns for ``horizon`` on an inner window
+    with the structural correction learned for ``horizon`` on an inner window
     before the cutoff (``training.structural``; none if not ``corrected``).
 
     Gamma-Gamma is fitted on net revenue per purchase day, the quantity the served features

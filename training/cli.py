@@ -1,5 +1,5 @@
 """The ``indicators`` commands of data, features and models, one command each. The commands
-that use the champions (score, serve, stream, api-key) join them in ``serving/cli.py``, the
+that use the champions (score, backtest, serve, stream, api-key) join them in ``serving/cli.py``, the
 entry point, so nothing in ``training`` imports ``serving``."""
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def generate(
     )
 
 
-def _parse_mapping(pairs: list[str]) -> dict[str, str]:
+def parse_mapping(pairs: list[str]) -> dict[str, str]:
     mapping: dict[str, str] = {}
     for pair in pairs:
         if "=" not in pair:
@@ -183,7 +183,7 @@ def ingest(
     if not sources:
         fail("nothing to import: give --transactions, --events and/or --customers")
     options = ImportOptions(
-        columns=_parse_mapping(column),
+        columns=parse_mapping(column),
         date_format=date_format,
         timezone=timezone,
         decimal=decimal,
@@ -300,23 +300,40 @@ def train(
     ] = None,
 ) -> None:
     """Train, tune, backtest and register every model; print a summary against the baselines."""
+    from training.pipeline import run_training
+    from training.windows import HistoryTooShort
+
+    quiet_mlflow()
+    base = load_config(data_dir, mlflow_dir, tracking_uri=tracking_uri)
+    config = training_config(base, config_file, from_run, trials, seed, overrides)
+    began = time.perf_counter()
+    try:
+        result = run_training(config, on_step=lambda message: console.print(f"[dim]{time.perf_counter() - began:6.1f}s[/] {message}"))
+    except (FileNotFoundError, HistoryTooShort) as error:
+        fail(str(error))
+    print_training_summary(result, began)
+
+
+def quiet_mlflow() -> None:
+    """MLflow's INFO lines (tables created, uv files copied, input example validated) say
+    nothing to act on; its warnings are kept. MLFLOW_LOGGING_LEVEL=INFO brings them back."""
     import logging
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from training.pipeline import run_training
-    from training.report import verdicts as report_verdicts
-    from training.tracking import logged_experiment
-    from training.windows import HistoryTooShort
+    import mlflow  # noqa: F401 - sets its loggers' level on import, which this then overrides
 
-    # After MLflow's import, which sets its loggers' level: its INFO lines (tables created, uv
-    # files copied, input example validated) say nothing to act on; its warnings are kept.
-    # MLFLOW_LOGGING_LEVEL=INFO brings the INFO lines back.
     logging.getLogger("mlflow").setLevel(os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING").upper())
     for noisy in ("alembic", "pymc"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
-    base = load_config(data_dir, mlflow_dir, tracking_uri=tracking_uri)
+
+def training_config(
+    base: Config, config_file: Path, from_run: str | None, trials: int | None, seed: int | None, overrides: list[str] | None,
+) -> Config:
+    """``base`` with the experiment (a YAML file or a logged run's), the shortcuts and ``--set``s."""
+    from training.tracking import logged_experiment
+
     shortcuts = [f"models.trials={trials}"] * (trials is not None) + [f"seed={seed}"] * (seed is not None)
     try:
         experiment = logged_experiment(base, from_run) if from_run else load_experiment(config_file)
@@ -325,12 +342,14 @@ def train(
         fail(str(error))
     console.print(f"[dim]config: {f'run {from_run}' if from_run else config_file}; seed {config.seed}, "
                   f"{config.models.trials} trials per model[/]")
-    began = time.perf_counter()
-    try:
-        result = run_training(config, on_step=lambda message: console.print(f"[dim]{time.perf_counter() - began:6.1f}s[/] {message}"))
-    except (FileNotFoundError, HistoryTooShort) as error:
-        fail(str(error))
-    # The verdicts the HTML report opens with, one row each, in columns narrow enough for a terminal.
+    return config
+
+
+def print_training_summary(result, began: float) -> None:
+    """The verdicts the HTML report opens with, one row each, in columns narrow enough for a
+    terminal; the gate's notes; the carried horizons; the stage timings."""
+    from training.report import verdicts as report_verdicts
+
     console.print(f"indicators train ({result.data_window[0]:%Y-%m-%d} .. {result.data_window[1]:%Y-%m-%d})")
     table = Table("indicator", "metric", "model", "best baseline", "verdict", "served", box=None, pad_edge=False)
     for v in report_verdicts(result.reports).itertuples(index=False):
@@ -345,47 +364,6 @@ def train(
     console.print(
         "stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
         + f"; total {time.perf_counter() - began:.1f}"
-    )
-
-
-@app.command()
-def backtest(
-    transactions: Annotated[Path, typer.Option(help="Transaction log (.csv or .parquet), canonical columns.")],
-    cutoff: Annotated[
-        datetime,
-        typer.Option(formats=["%Y-%m-%d"], help="Only rows at or before this moment are used (00:00 UTC of the date)."),
-    ],
-    horizon_days: Annotated[int, typer.Option(min=1, help="Horizon N of p_churn: no purchase in (cutoff, cutoff + N].")],
-    out: Annotated[Path, typer.Option(help="Output CSV, one row per customer seen before the cutoff.")],
-    column: Annotated[
-        list[str], typer.Option("--column", help="Map a canonical column to the file's name, CANONICAL=NAME (repeatable).")
-    ] = [],  # noqa: B006 - typer needs a literal default
-    date_format: Annotated[str | None, typer.Option(help="strftime format of dates (default: inferred).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the models.")] = 42,
-) -> None:
-    """Predict every customer's indicators for a horizon, trained only on data up to the cutoff."""
-    import pandas as pd
-
-    from training.backtest import BacktestError, choice_note, read_log, run_backtest
-    from training.config import as_utc
-    from training.data.ingest import ImportOptions, IngestError
-
-    began = time.perf_counter()
-    try:
-        log, bad_rows = read_log(transactions, cutoff, ImportOptions(columns=_parse_mapping(column), date_format=date_format))
-        predictions, choice = run_backtest(log, cutoff, horizon_days, seed=seed)
-    except (IngestError, BacktestError) as error:
-        fail(str(error))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    predictions.to_csv(out, index=False)
-    if bad_rows:
-        console.print(f"{bad_rows:,} unusable rows were skipped (see `indicators ingest` for the reasons)")
-    last = log["timestamp"].max()
-    if last < pd.Timestamp(as_utc(cutoff)) - pd.Timedelta(days=1):
-        console.print(f"[yellow]warning:[/] the cutoff is {(pd.Timestamp(as_utc(cutoff)) - last).days} days after the "
-                      f"last transaction ({last:%Y-%m-%d}): everyone looks inactive")
-    console.print(
-        f"{len(predictions):,} customers -> {out} in {time.perf_counter() - began:.1f}s; {choice_note(choice)}"
     )
 
 

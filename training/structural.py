@@ -1,30 +1,30 @@
-"""The structural forecast of a transaction log: a classical model as the starting point,
-corrected only as far as the history supports.
+"""The structural correction of a classical model: what the history before a cutoff
+supports adding to BG/NBD or Pareto/NBD.
 
-Used where only transactions are known (``indicators backtest``). Everything that is learned
-is learned on an inner window (c', c] that ends at the cutoff c, with c' = c - H_in and H_in =
-min(horizon, half the history); nothing after the cutoff is read.
+The classical model served in place of a learnt model that loses to it (``training.classical``)
+carries it. Everything that is learned is learned on an inner window (c', c] that ends at the
+cutoff c, with c' = c - H_in and H_in = min(horizon, half the history); nothing after the
+cutoff is read.
 
-1. **Gate**: Pareto/NBD and BG/NBD are fitted at c'. For each, three candidates predict the
-   purchase days of the inner window: the plain model, the model times a level factor
-   (actual / expected over the window), and that times a LightGBM correction boosted from
-   the model's log expectation (``init_score``), rescaled so it only moves customers relative
-   to each other. Corrections are fitted on 70% of the customers (by a keyed hash of the id);
-   on the other 30%, the least corrected candidate within one standard error of the lowest
-   Poisson deviance wins.
+1. **Gate**: each model is fitted at c'. Three candidates predict the purchase days of the
+   inner window: the plain model, the model times a level factor (actual / expected over the
+   window), and that times a LightGBM correction boosted from the model's log expectation
+   (``init_score``), rescaled so it only moves customers relative to each other. Corrections
+   are fitted on 70% of the customers (by a keyed hash of the id); on the other 30%, the least
+   corrected candidate within one standard error of the lowest Poisson deviance wins.
 2. **Level** at the longest inner horizon the history allows: short windows ending at the
    cutoff and long ones disagree on the level (seasonality, on CDNOW), and only a long one
    speaks to a long horizon. The level is fragile where the holdout holds a season the
-   calibration period does not.
-3. **Probabilities** come from the chosen model's exact P(no purchase in t), raised to the
-   same factors (exact for a Poisson process with a scaled rate; for these mixtures an
-   approximation that slightly understates churn where the factor is far from 1).
-4. **Revenue**: expected purchases x Gamma-Gamma spend (each customer's own mean when spend
-   does not vary), net of the log's refund share; P10/P90 from posterior draws, at quantile
-   levels that cover 80% of the inner window's revenues.
+   calibration period does not, which is why the served model keeps it only if it holds on
+   the training run's test window.
+3. **Applied** as one factor on each buyer's purchase rate (``Correction``): expected purchases
+   x factor, P(no purchase in t) ** factor (exact for a Poisson process with a scaled rate; for
+   these mixtures an approximation that slightly understates churn where the factor is far
+   from 1). The correction reads served features only (``CORRECTION_READS``), so the endpoint
+   computes it as training did.
 
-Too little inner data (fewer than 200 customers, 50 purchases or 30 repeat buyers) falls back
-to plain Pareto/NBD, and the choice is reported.
+Too little inner data (fewer than 200 customers, 50 purchases or 30 repeat buyers) means no
+correction, and the choice is reported.
 """
 
 from __future__ import annotations
@@ -35,14 +35,11 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from training.btyd import LABELS, MODELS, BtydFit, GammaGamma, Rfm, fit_btyd, fit_gamma_gamma
-from training.models import customer_uniform, time_at_probability
+from training.btyd import LABELS, MODELS, BtydFit, Rfm, fit_btyd
+from training.models import customer_uniform
 
 INNER_SHARE = 0.7  # customers the corrections are fitted on; the rest score the candidates
-CURVE_DAYS = np.array([7, 14, 30, 60, 90, 120, 180, 270, 365, 540, 730, 1095, 1460], dtype=float)
 LEVEL_BOUNDS = (0.5, 2.0)  # a larger correction means the windows differ too much to trust it
-INTERVAL_COVERAGE = 0.8
-INTERVAL_DRAWS = 300
 # What the correction reads: served features (``customer_summary`` computes them from the log the
 # same way), from which ``shape_features`` derives its inputs. The first three are the RFM triplet.
 CORRECTION_READS = (
@@ -67,7 +64,6 @@ class Choice:
     inner_cutoff: pd.Timestamp | None
     reason: str
     deviance: dict[str, float] = field(default_factory=dict)  # inner-window score of every candidate
-    interval_levels: tuple[float, float] = (0.1, 0.9)
 
     @property
     def name(self) -> str:
@@ -131,11 +127,6 @@ def purchase_days_in(transactions: pd.DataFrame, start: pd.Timestamp, end: pd.Ti
     return customers.map(counts).fillna(0).to_numpy(float)
 
 
-def revenue_in(transactions: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, customers: pd.Series) -> np.ndarray:
-    window = transactions[(transactions["timestamp"] > start) & (transactions["timestamp"] <= end)]
-    return customers.map(window.groupby("customer_id")["amount"].sum()).fillna(0).to_numpy(float)
-
-
 def unit_deviance(y: np.ndarray, expected: np.ndarray) -> np.ndarray:
     """Each customer's Poisson deviance."""
     expected = np.maximum(expected, 1e-12)
@@ -193,6 +184,11 @@ class Correction:
             x = shape_features(served, fit, self.inner_horizon)
             factor *= self.scale * np.exp(self.booster.predict(x, raw_score=True, num_iteration=self.booster.best_iteration))
         return factor
+
+    @property
+    def identity(self) -> bool:
+        """True when it changes nothing."""
+        return self.level == 1.0 and self.booster is None
 
     def describe(self) -> str:
         parts = ([f"level x{self.level:.3f}"] if self.level != 1.0 else []) + (["LightGBM correction"] if self.booster else [])
@@ -295,56 +291,6 @@ def choose(
     return Choice(model, level, boosted, inner_horizon, inner_cutoff, reason, deviance), inner
 
 
-def _spend(summary: pd.DataFrame, refund_share: float) -> tuple[GammaGamma | None, np.ndarray]:
-    """Gamma-Gamma expected spend per purchase day, or each customer's own mean without variation."""
-    x, mean_spend = summary["frequency"].to_numpy(float), summary["monetary_value"].to_numpy(float)
-    gamma_gamma = fit_gamma_gamma(x, mean_spend)
-    if gamma_gamma is None:
-        own = summary["mean_spend_all"].to_numpy(float)
-        spend = np.where(np.isnan(own), np.nanmean(own) if len(own) else 0.0, own)
-    else:
-        spend = gamma_gamma.expected_spend(x, mean_spend)
-    return gamma_gamma, spend * (1 - refund_share)
-
-
-def _revenue_draws(
-    fit: BtydFit, summary: pd.DataFrame, horizon: int, rate_factor: np.ndarray, refund_share: float, rng: np.random.Generator
-) -> np.ndarray:
-    rfm = rfm_of(summary)
-    counts = fit.draws(rfm, horizon, INTERVAL_DRAWS, rng, rate_factor).astype(float)
-    gamma_gamma, spend = _spend(summary, refund_share)
-    if gamma_gamma is None:
-        return counts * spend[:, None]
-    x, mean_spend = summary["frequency"].to_numpy(float), summary["monetary_value"].to_numpy(float)
-    return gamma_gamma.draws(x, mean_spend, counts, rng) * (1 - refund_share)
-
-
-def _interval_levels(choice: Choice, inner: _Inner | None, transactions: pd.DataFrame, refund_share: float, seed: int) -> tuple[float, float]:
-    """Quantile levels whose interval covers ``INTERVAL_COVERAGE`` of the inner window's revenues."""
-    if inner is None:
-        return 0.1, 0.9
-    fit = inner.fits[choice.model]
-    rng = np.random.default_rng(seed + 1)
-    factor = np.full(len(inner.summary), choice.level)
-    draws = _revenue_draws(fit, inner.summary, inner.horizon, factor, refund_share, rng)
-    mean = fit.expected(rfm_of(inner.summary), inner.horizon) * factor * _spend(inner.summary, refund_share)[1]
-    actual = revenue_in(transactions, inner.cutoff, inner.cutoff + pd.Timedelta(days=inner.horizon), inner.summary["customer_id"])
-    best = (np.inf, 0.1)
-    for low in np.arange(0.02, 0.40, 0.01):
-        q_low, q_high = _interval(draws, (low, 1 - low), mean)
-        miss = abs(np.mean((actual >= q_low - 1e-9) & (actual <= q_high + 1e-9)) - INTERVAL_COVERAGE)
-        if miss < best[0]:
-            best = (miss, float(low))
-    return best[1], 1 - best[1]
-
-
-def _interval(draws: np.ndarray, levels: tuple[float, float], mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Quantiles of the draws, widened to hold the mean: with most of the mass at zero (a
-    customer unlikely to buy), the mean lies above a high quantile."""
-    low, high = np.quantile(draws, levels, axis=1)
-    return np.minimum(low, mean), np.maximum(high, mean)
-
-
 def fitted(
     transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed: int = 42, threads: int = 2, models: tuple[str, ...] = MODELS,
 ) -> tuple[BtydFit, Correction, Choice, _Inner | None]:
@@ -365,39 +311,3 @@ def fitted(
     raw = np.exp(booster.predict(shape_features(summary, fit, inner.horizon), raw_score=True, num_iteration=booster.best_iteration))
     scale = _scale(raw, fit.expected(rfm, horizon))
     return fit, Correction(choice.level, booster, inner.horizon, scale), choice, inner
-
-
-def forecast(transactions: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, seed: int = 42, threads: int = 2) -> tuple[pd.DataFrame, Choice]:
-    """Indicators for every customer seen by ``cutoff``, from the log up to it.
-
-    Columns: ``customer_id, p_churn`` (no purchase in the horizon), ``p_purchase_30d,
-    expected_purchases, expected_revenue, expected_revenue_p10, expected_revenue_p90,
-    next_purchase_days``.
-    """
-    log = transactions.loc[transactions["timestamp"] <= cutoff, ["customer_id", "timestamp", "amount"]]
-    gross, refunded = log.loc[log["amount"] > 0, "amount"].sum(), -log.loc[log["amount"] < 0, "amount"].sum()
-    refund_share = float(np.clip(refunded / gross, 0.0, 0.9)) if gross > 0 else 0.0
-    fit, correction, choice, inner = fitted(log, cutoff, horizon, seed, threads)
-    summary = customer_summary(log, cutoff)
-    rfm = rfm_of(summary)
-    expected = fit.expected(rfm, horizon)
-    factor = correction.factor(summary, fit)
-    levels = _interval_levels(choice, inner, log, refund_share, seed)
-    choice = Choice(**{**choice.__dict__, "interval_levels": levels})
-    _, spend = _spend(summary, refund_share)
-    draws = _revenue_draws(fit, summary, horizon, factor, refund_share, np.random.default_rng(seed + 2))
-    low, high = _interval(draws, levels, expected * factor * spend)
-    survival = np.column_stack([fit.p_no_purchase(rfm, t) ** factor for t in CURVE_DAYS])
-    predictions = pd.DataFrame(
-        {
-            "customer_id": summary["customer_id"].to_numpy(),
-            "p_churn": fit.p_no_purchase(rfm, horizon) ** factor,
-            "p_purchase_30d": 1 - fit.p_no_purchase(rfm, 30) ** factor,
-            "expected_purchases": expected * factor,
-            "expected_revenue": expected * factor * spend,
-            "expected_revenue_p10": low,
-            "expected_revenue_p90": high,
-            "next_purchase_days": time_at_probability(1 - survival, CURVE_DAYS, 0.5),
-        }
-    )
-    return predictions, choice

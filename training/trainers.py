@@ -7,7 +7,7 @@ and the modelling data, testable on its own.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -28,7 +28,6 @@ from training.models import (
     LookalikeModel,
     PurchaseTimingModel,
 )
-from training.structural import Correction
 from training.tuning import tune
 from training.windows import HorizonPlan, Windows
 
@@ -295,10 +294,11 @@ def _with_classical_fallback(
     BG/NBD or Pareto/NBD (headline or level, ``_holds``): fitted by this project at each test
     cutoff with the correction its inner window supports (``training.classical``), scored by the
     same ``evaluate``, kept only if the learnt model does not hold against it either (the gate's
-    baselines are PyMC-Marketing's MAP fits). The correction is dropped if the corrected fit does
-    not hold against the plain baseline on the test window. None when the learnt model holds or
-    its best baseline is RFM cells; with a note when the refit does not beat it. ``at_learned``
-    and ``at_full`` are the classical model's horizons for evaluation and for serving."""
+    baselines are PyMC-Marketing's MAP fits). Of its variants (``CORRECTION_VARIANTS``), the most
+    corrected one that holds against the plain baseline on the test window is the candidate.
+    None when the learnt model holds or its best baseline is RFM cells; with a note when the
+    refit does not beat it. ``at_learned`` and ``at_full`` are the classical model's horizons
+    for evaluation and for serving."""
     learnt = evaluate(lambda _cutoff: model)
     trained = Trained(gate, served, learnt, champion_value, (gate.name,))
     best = best_baseline(learnt.metrics, gate.headline, gate.higher_is_better)
@@ -306,28 +306,34 @@ def _with_classical_fallback(
         return trained
     kind = classical.NAMES[best[0]]
 
-    def refit(corrected: bool) -> tuple[Evaluation, bool]:
+    def refit(variant: str) -> tuple[Evaluation, bool]:
         """The refit's backtest, and whether any of its fits carries a correction."""
         fits: dict[datetime, Any] = {}
 
         def candidate_at(cutoff: datetime) -> Any:
             if cutoff not in fits:  # fitted on the data up to each test cutoff, never after it
-                fitted = _classical_fit(data, cutoff, kind, _horizon_of(at_learned), corrected)
+                fitted = _classical_fit(data, cutoff, kind, _horizon_of(at_learned), variant)
                 fits[cutoff] = classical.classical_model(gate.name, model, fitted, **at_learned)
             return fits[cutoff]
 
         result = evaluate(candidate_at)
-        return result, any(fit.correction != Correction() for fit in fits.values())
+        return result, not all(fit.correction.identity for fit in fits.values())
 
-    result, corrected = refit(True)
+    # The most corrected variant that holds against the plain classical model on the test window.
+    dropped: list[str] = []
+    for variant in CORRECTION_VARIANTS:
+        result, corrected = refit(variant)
+        if variant == "plain" or (corrected and _holds(result.metrics, gate, best[0])):
+            break
+        if corrected:
+            dropped.append(f"{CORRECTION_VARIANTS[variant]} ({gate.headline} {headline_value(result.metrics, gate.headline):.4f})")
     correction_note = None
-    if corrected and not _holds(result.metrics, gate, best[0]):
-        correction_note = (f"its inner-window correction is dropped: corrected, it does not hold against plain "
-                           f"{LABELS[kind]} on the test window ({gate.headline} {headline_value(result.metrics, gate.headline):.4f} "
-                           f"against {headline_value(result.metrics, gate.headline, best[0]):.4f}, or short of its level)")
-        result, corrected = refit(False)
+    if dropped:
+        correction_note = (f"the inner-window corrections that do not hold against plain {LABELS[kind]} on the test window "
+                           f"({gate.headline} {headline_value(result.metrics, gate.headline, best[0]):.4f}; a ranking headline "
+                           f"also weighs the level) are dropped: {'; '.join(dropped)}")
     refit_value = headline_value(result.metrics, gate.headline)
-    label = LABELS[kind] + (" (corrected on an inner window)" if corrected else "")
+    label = LABELS[kind] + (f" ({CORRECTION_VARIANTS[variant]})" if corrected else "")
     side_by_side = pd.concat(  # the learnt model's rows beside the refit's, named "refit"
         [learnt.metrics.query("method == 'model'"), result.metrics.query("method == 'model'").assign(method="refit")]
     )
@@ -337,7 +343,7 @@ def _with_classical_fallback(
         return trained
 
     def build() -> Any:
-        fitted = _classical_fit(data, data.data_end, kind, _horizon_of(at_full), corrected)
+        fitted = _classical_fit(data, data.data_end, kind, _horizon_of(at_full), variant)
         return classical.classical_model(gate.name, served, fitted, **at_full)
 
     description = (f"{label} is served as champion for customers who have bought; customers who never bought, "
@@ -351,13 +357,24 @@ def _horizon_of(attributes: dict[str, Any]) -> int:
     return attributes.get("horizon") or attributes["churn_horizon"]
 
 
-def _classical_fit(data: ModelingData, cutoff: datetime, kind: str, horizon: int, corrected: bool) -> classical.ClassicalFit:
-    """``classical.fit_classical`` on the data up to ``cutoff``, fitted once per run for every
-    trainer that asks."""
-    key = ("classical", kind, cutoff, horizon, corrected)
+# The classical model's variants, most corrected first, as labels name them.
+CORRECTION_VARIANTS = {
+    "corrected": "corrected on an inner window",  # level and ranking
+    "ranking": "ranking corrected on an inner window",  # the LightGBM correction alone, the total left as fitted
+    "plain": "plain",
+}
+
+
+def _classical_fit(data: ModelingData, cutoff: datetime, kind: str, horizon: int, variant: str) -> classical.ClassicalFit:
+    """``classical.fit_classical`` on the data up to ``cutoff`` as ``variant`` (``CORRECTION_VARIANTS``),
+    fitted once per run for every trainer that asks."""
+    if variant == "ranking":
+        fitted = _classical_fit(data, cutoff, kind, horizon, "corrected")
+        return replace(fitted, correction=replace(fitted.correction, level=1.0))
+    key = ("classical", kind, cutoff, horizon, variant)
     if key not in data.btyd_cache:
         data.btyd_cache[key] = classical.fit_classical(
-            data.transactions, pd.Timestamp(cutoff), kind, horizon, data.seed, data.threads, corrected,
+            data.transactions, pd.Timestamp(cutoff), kind, horizon, data.seed, data.threads, variant == "corrected",
         )
     return data.btyd_cache[key]
 

@@ -68,8 +68,7 @@ def plan_windows(
             f"{(data_end - data_start).days} days of history cannot hold tune and test windows of "
             f"{horizon_days} days after {settings.min_history_days} days of history: `indicators train` needs "
             f"{needed} days for this horizon (shorter horizons: --set models.clv_horizon_days=90 "
-            "--set models.purchase_horizons=[7,14,30,60,90]); "
-            "`indicators backtest` forecasts any horizon from 8 weeks of history"
+            "--set models.purchase_horizons=[7,14,30,60,90])"
         )
     strict_first = tune - steps_per_horizon * step
     fit: list[datetime] = []
@@ -136,7 +135,7 @@ def plan_horizons(data_start: datetime, data_end: datetime, settings: ModelSetti
         raise HistoryTooShort(
             f"{(data_end - data_start).days} days of history: `indicators train` needs at least "
             f"{least + 3 * settings.step_days} days (a fit, a tune and a test window of {settings.step_days} days after "
-            f"{least} days of history); `indicators backtest` forecasts from {MIN_HISTORY_DAYS} days of history"
+            f"{least} days of history); `indicators backtest` trains the same way, on the history before its cutoff"
         )
     longest, chosen = max(options, key=lambda option: option[0])  # the stricter one on a tie (listed first)
     plan = HorizonPlan(longest=longest, wanted=wanted, min_history_days=chosen.min_history_days, purchase_grid=tuple(settings.purchase_horizons))

@@ -192,13 +192,13 @@ def test_the_corrected_classical_model_reads_what_its_correction_learned_from(lo
     assert plain.label == "Pareto/NBD" and plain.correction.booster is None
 
 
-@pytest.mark.parametrize("corrected_mae, served", [(0.90, "corrected"), (1.05, "plain")])
+@pytest.mark.parametrize("corrected_mae, ranking_mae, served", [(0.90, 0.99, "corrected"), (1.05, 0.99, "ranking"), (1.05, 1.01, "plain")])
 def test_the_served_classical_model_keeps_its_correction_only_if_it_holds_on_the_test_window(
-    log: pd.DataFrame, corrected_mae: float, served: str
+    log: pd.DataFrame, corrected_mae: float, ranking_mae: float, served: str
 ) -> None:
     """A learnt model that loses to Pareto/NBD gets Pareto/NBD served, corrected on an inner
-    window if the corrected fit holds against plain Pareto/NBD on the same test window, plain
-    (and the summary says why) if not."""
+    window if the corrected fit holds against plain Pareto/NBD on the same test window, with its
+    ranking correction alone if only that holds, plain if neither (and the summary says why)."""
     from training import trainers
     from training.windows import Windows
 
@@ -210,7 +210,13 @@ def test_the_served_classical_model_keeps_its_correction_only_if_it_holds_on_the
 
     def evaluate(candidate_at) -> trainers.Evaluation:
         candidate = candidate_at(window.test)
-        mae = 1.20 if candidate is learnt else corrected_mae if candidate.correction.booster or candidate.correction.level != 1 else 0.95
+        correction = None if candidate is learnt else candidate.correction
+        if correction is None:
+            mae = 1.20
+        elif correction.level != 1:
+            mae = corrected_mae
+        else:
+            mae = ranking_mae if correction.booster else 0.95
         rows = [("model", mae), ("pareto_nbd", 1.00), ("btyd", 1.10)]
         return trainers.Evaluation(pd.DataFrame(
             [{"indicator": "expected_purchases", "method": m, "metric": "mae", "value": v} for m, v in rows]
@@ -226,8 +232,13 @@ def test_the_served_classical_model_keeps_its_correction_only_if_it_holds_on_the
     assert is_classical(model) and model.horizon == 180
     if served == "corrected":
         assert fallback.label == "Pareto/NBD (corrected on an inner window)" and fallback.value == 0.90
-        assert fallback.correction_note is None and model.baseline.startswith("Pareto/NBD + ")
+        assert fallback.correction_note is None and model.baseline.startswith("Pareto/NBD + level x")
+    elif served == "ranking":
+        assert fallback.label == "Pareto/NBD (ranking corrected on an inner window)" and fallback.value == 0.99
+        assert fallback.correction_note.endswith("are dropped: corrected on an inner window (mae 1.0500)")
+        assert model.baseline == "Pareto/NBD + LightGBM correction" and model.correction.level == 1.0
     else:
         assert fallback.label == "Pareto/NBD" and fallback.value == 0.95
-        assert "does not hold against plain Pareto/NBD on the test window (mae 1.0500 against 1.0000" in fallback.correction_note
+        assert "do not hold against plain Pareto/NBD on the test window (mae 1.0000;" in fallback.correction_note
+        assert fallback.correction_note.endswith("(mae 1.0500); ranking corrected on an inner window (mae 1.0100)")
         assert model.baseline == "Pareto/NBD" and model.correction.booster is None
