@@ -15,7 +15,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from training.cli import DataDir, MlflowDir, app, console, fail, load_config
+from training.cli import (
+    ConfigFile,
+    DataDir,
+    MlflowDir,
+    Overrides,
+    Seed,
+    Trials,
+    app,
+    console,
+    fail,
+    load_config,
+)
 from training.config import DEFAULT_EXPERIMENT, ConfigError, ScoringSettings, as_utc
 
 
@@ -65,14 +76,10 @@ def backtest(
         list[str], typer.Option("--column", help="Map a canonical column to the file's name, CANONICAL=NAME (repeatable).")
     ] = [],  # noqa: B006 - typer needs a literal default
     date_format: Annotated[str | None, typer.Option(help="strftime format of dates (default: inferred).")] = None,
-    config_file: Annotated[
-        Path, typer.Option("--config", help="Experiment config (YAML), as `indicators train` takes it.")
-    ] = DEFAULT_EXPERIMENT,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set models.trials=2 (repeatable).")
-    ] = None,
-    trials: Annotated[int | None, typer.Option(min=1, help="Shortcut for --set models.trials=N.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Shortcut for --set seed=N.")] = None,
+    config_file: ConfigFile = DEFAULT_EXPERIMENT,
+    overrides: Overrides = None,
+    trials: Trials = None,
+    seed: Seed = None,
     work_dir: Annotated[
         Path | None,
         typer.Option(help="Keep the backtest's data directory (import, features, MLflow runs, report) here; it must "

@@ -52,6 +52,14 @@ MlflowDir = Annotated[
     ),
 ]
 
+# The experiment options of `train` and `backtest`, which train alike.
+ConfigFile = Annotated[Path, typer.Option("--config", help="Experiment config (YAML): horizons, windows, budgets, seeds.")]
+Overrides = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set models.trials=4 (repeatable).")
+]
+Trials = Annotated[int | None, typer.Option(min=1, help="Shortcut for --set models.trials=N.")]
+Seed = Annotated[int | None, typer.Option(help="Shortcut for --set seed=N.")]
+
 
 def _progress() -> Progress:
     return Progress(
@@ -283,17 +291,13 @@ def features(
 @app.command()
 def train(
     data_dir: DataDir = None,
-    config_file: Annotated[
-        Path, typer.Option("--config", help="Experiment config (YAML): horizons, windows, budgets, seeds.")
-    ] = DEFAULT_EXPERIMENT,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set models.trials=4 (repeatable).")
-    ] = None,
+    config_file: ConfigFile = DEFAULT_EXPERIMENT,
+    overrides: Overrides = None,
     from_run: Annotated[
         str | None, typer.Option(help="Reuse the config logged by this MLflow run (then --set applies on top).")
     ] = None,
-    trials: Annotated[int | None, typer.Option(min=1, help="Shortcut for --set models.trials=N.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Shortcut for --set seed=N.")] = None,
+    trials: Trials = None,
+    seed: Seed = None,
     mlflow_dir: MlflowDir = None,
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI (default: sqlite:///<mlflow-dir>/mlflow.db).")
