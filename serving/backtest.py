@@ -19,13 +19,12 @@ import pandas as pd
 from serving.batch import score_all
 from training.catalogue import BACKTEST_INDICATORS
 from training.config import Config, as_utc
-from training.data.ingest import ImportOptions, ingest, normalize, read_source
+from training.data.ingest import ImportOptions, normalize, read_source, write_normalized
 from training.pipeline import TrainingResult, run_training
 from training.trainers import Step
 from training.windows import MIN_BUYERS
 
 OUTPUT_COLUMNS = ["customer_id", *BACKTEST_INDICATORS]
-LOG_FILE = "backtest_log.parquet"  # the canonical log up to the cutoff, as imported
 
 
 class BacktestError(ValueError):
@@ -72,10 +71,7 @@ def run_backtest(log: pd.DataFrame, cutoff: datetime, config: Config, on_step: S
     paths = config.paths
     if paths.raw.exists() and any(paths.raw.iterdir()):
         raise BacktestError(f"{paths.data_dir} already holds data: a backtest needs a directory of its own")
-    paths.data_dir.mkdir(parents=True, exist_ok=True)
-    canonical = paths.data_dir / LOG_FILE
-    past.to_parquet(canonical, index=False)
-    ingest(paths, {"transactions": canonical}, ImportOptions(as_of=datetime(2200, 1, 1)))
+    write_normalized(paths, "transactions", past.reset_index(drop=True))
     on_step(f"{len(past):,} transactions of {past['customer_id'].nunique():,} customers imported, up to {cutoff:%Y-%m-%d}")
     training = run_training(config, on_step)
     summary = score_all(config)

@@ -87,6 +87,7 @@ def backtest(
     ] = None,
 ) -> None:
     """Train on the log up to the cutoff as `indicators train` does, then score everyone as `indicators score` does."""
+    import contextlib
     import tempfile
 
     from serving.backtest import (
@@ -97,6 +98,7 @@ def backtest(
         run_backtest,
     )
     from serving.batch import NothingToScore
+    from serving.scoring import ChampionMissing
     from training.cli import parse_mapping, print_training_summary, quiet_mlflow, training_config
     from training.config import Config
     from training.data.ingest import ImportOptions, IngestError
@@ -110,21 +112,22 @@ def backtest(
         fail(str(error))
     if bad_rows:
         console.print(f"{bad_rows:,} unusable rows were skipped (see `indicators ingest` for the reasons)")
-    with tempfile.TemporaryDirectory(prefix="indicators-backtest-") as scratch:
-        config = training_config(Config(), config_file, None, trials, seed, overrides)
-        config = backtest_config(config, work_dir or Path(scratch), horizon_days)
+    with contextlib.ExitStack() as stack:
+        work = work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="indicators-backtest-")))
+        config = backtest_config(training_config(Config(), config_file, None, trials, seed, overrides), work, horizon_days)
         try:
             result = run_backtest(log, cutoff, config, lambda message: console.print(f"[dim]{time.perf_counter() - began:6.1f}s[/] {message}"))
-        except (BacktestError, HistoryTooShort, IngestError, NothingToScore) as error:
+        except HistoryTooShort as error:
+            fail(f"{error}. For a backtest: a later cutoff, or a shorter --horizon-days (it sets every horizon)")
+        except (BacktestError, ChampionMissing, FileNotFoundError, IngestError, NothingToScore) as error:
             fail(str(error))
         print_training_summary(result.training, began)
     predictions = result.predictions
     out.parent.mkdir(parents=True, exist_ok=True)
     predictions[OUTPUT_COLUMNS].to_csv(out, index=False)
-    last = log["timestamp"].max()
-    if last < result.scored_as_of - timedelta(days=1) or result.scored_as_of < as_utc(cutoff) - timedelta(days=1):
-        console.print(f"[yellow]warning:[/] the last transaction ({last:%Y-%m-%d}) is well before the cutoff "
-                      f"({cutoff:%Y-%m-%d}): predictions are as of {result.scored_as_of:%Y-%m-%d}, the end of the data")
+    if result.scored_as_of < as_utc(cutoff) - timedelta(days=1):
+        console.print(f"[yellow]warning:[/] the last transaction ({log['timestamp'].max():%Y-%m-%d}) is well before the "
+                      f"cutoff ({cutoff:%Y-%m-%d}): predictions are as of {result.scored_as_of:%Y-%m-%d}, the end of the data")
     kept = f"; data, MLflow runs and report kept in {work_dir}" if work_dir else ""
     console.print(f"{len(predictions):,} customers -> {out} in {time.perf_counter() - began:.1f}s, "
                   f"as of {result.scored_as_of:%Y-%m-%d}{kept}")

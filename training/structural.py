@@ -24,12 +24,12 @@ cutoff is read.
    computes it as training did.
 
 Too little inner data (fewer than 200 customers, 50 purchases or 30 repeat buyers) means no
-correction, and the choice is reported.
+correction (``Choice.reason`` says why).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import lightgbm as lgb
 import numpy as np
@@ -55,19 +55,13 @@ BOOSTER_PARAMS = {
 
 @dataclass(frozen=True)
 class Choice:
-    """What the gate chose, and why: for the summary and the model card."""
+    """What the gate chose, and why."""
 
     model: str
     level: float
     boosted: bool
     inner_horizon_days: int
-    inner_cutoff: pd.Timestamp | None
     reason: str
-    deviance: dict[str, float] = field(default_factory=dict)  # inner-window score of every candidate
-
-    @property
-    def name(self) -> str:
-        return self.model + ("+level" if self.level != 1.0 else "") + ("+boost" if self.boosted else "")
 
 
 def customer_summary(transactions: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
@@ -220,7 +214,7 @@ def _level(actual: np.ndarray, expected: np.ndarray) -> float:
 
 @dataclass
 class _Inner:
-    """The inner window the gate and the interval levels are learned on."""
+    """The inner window the gate and the correction are learned on."""
 
     cutoff: pd.Timestamp
     horizon: int
@@ -241,7 +235,7 @@ def choose(
     plain = "pareto_nbd" if "pareto_nbd" in models else models[0]
 
     def fallback(reason: str) -> tuple[Choice, None]:
-        return Choice(plain, 1.0, False, inner_horizon, None, f"{reason}; plain {LABELS[plain]}"), None
+        return Choice(plain, 1.0, False, inner_horizon, f"{reason}; plain {LABELS[plain]}"), None
 
     if inner_horizon < 14:
         return fallback(f"{history} days of history: too short for an inner window")
@@ -279,7 +273,6 @@ def choose(
         return fallback("no model could be fitted on the inner window")
     name = simplest_within_one_se(per_customer)
     model, boosted = described[name]
-    deviance = {k: round(float(v.mean()), 5) for k, v in per_customer.items()}
     level = 1.0
     if "+level" in name:  # re-estimated on every customer of the inner window
         level = _level(actual, fits[model].expected(rfm, inner_horizon))
@@ -288,7 +281,7 @@ def choose(
         f"({inner_cutoff:%Y-%m-%d} + {inner_horizon} days)"
     )
     inner = _Inner(inner_cutoff, inner_horizon, summary, actual, fits)
-    return Choice(model, level, boosted, inner_horizon, inner_cutoff, reason, deviance), inner
+    return Choice(model, level, boosted, inner_horizon, reason), inner
 
 
 def fitted(

@@ -329,9 +329,10 @@ def _with_classical_fallback(
             dropped.append(f"{CORRECTION_VARIANTS[variant]} ({gate.headline} {headline_value(result.metrics, gate.headline):.4f})")
     correction_note = None
     if dropped:
+        weighs = "; as a ranking metric, with the level" if gate.headline in evaluation.RANKING_METRICS else ""
         correction_note = (f"the inner-window corrections that do not hold against plain {LABELS[kind]} on the test window "
-                           f"({gate.headline} {headline_value(result.metrics, gate.headline, best[0]):.4f}; a ranking headline "
-                           f"also weighs the level) are dropped: {'; '.join(dropped)}")
+                           f"({gate.headline} {headline_value(result.metrics, gate.headline, best[0]):.4f}{weighs}) "
+                           f"are dropped: {'; '.join(dropped)}")
     refit_value = headline_value(result.metrics, gate.headline)
     label = LABELS[kind] + (f" ({CORRECTION_VARIANTS[variant]})" if corrected else "")
     side_by_side = pd.concat(  # the learnt model's rows beside the refit's, named "refit"
@@ -342,8 +343,8 @@ def _with_classical_fallback(
                                  f"({gate.headline} {refit_value:.4f}), so it is not served")
         return trained
 
-    def build() -> Any:
-        fitted = _classical_fit(data, data.data_end, kind, _horizon_of(at_full), variant)
+    def build() -> Any:  # the correction learned as it was tested: for the learned horizon
+        fitted = _classical_fit(data, data.data_end, kind, _horizon_of(at_learned), variant)
         return classical.classical_model(gate.name, served, fitted, **at_full)
 
     description = (f"{label} is served as champion for customers who have bought; customers who never bought, "

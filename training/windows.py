@@ -24,8 +24,8 @@ from datetime import datetime, timedelta
 
 from training.config import ModelSettings
 
-# The least history before a cutoff that anything is fitted on, in ``indicators train`` (when the
-# data is too short for ``ModelSettings.min_history_days``) and ``indicators backtest`` alike.
+# The least history before a fit cutoff, when the data is too short for
+# ``ModelSettings.min_history_days`` (``indicators train``, and ``backtest``, which trains alike).
 MIN_HISTORY_DAYS = 56
 MIN_BUYERS = 20  # below this a fitted model says nothing a reader could trust
 

@@ -239,6 +239,6 @@ def test_the_served_classical_model_keeps_its_correction_only_if_it_holds_on_the
         assert model.baseline == "Pareto/NBD + LightGBM correction" and model.correction.level == 1.0
     else:
         assert fallback.label == "Pareto/NBD" and fallback.value == 0.95
-        assert "do not hold against plain Pareto/NBD on the test window (mae 1.0000;" in fallback.correction_note
+        assert "do not hold against plain Pareto/NBD on the test window (mae 1.0000) are dropped" in fallback.correction_note
         assert fallback.correction_note.endswith("(mae 1.0500); ranking corrected on an inner window (mae 1.0100)")
         assert model.baseline == "Pareto/NBD" and model.correction.booster is None

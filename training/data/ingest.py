@@ -452,6 +452,16 @@ def _ingest(paths: Paths, sources: dict[str, Path], options: ImportOptions) -> l
     return [report for report, _, _ in planned]
 
 
+def write_normalized(paths: Paths, table: str, clean: pd.DataFrame) -> None:
+    """Rows ``normalize`` already produced written as ``table``, replacing it: a log cut at a
+    cutoff (``indicators backtest``). Normalizing them again would judge duplicates on the
+    canonical columns alone and set aside lines that differed only in a column not mapped."""
+    with data_lock(paths):
+        SCHEMAS[table].validate(clean)
+        paths.raw.mkdir(parents=True, exist_ok=True)
+        _write_atomic(clean, paths.raw_table(table))
+
+
 def drop_suppressed(
     source: pd.DataFrame, options: ImportOptions, suppressed: Callable[[pd.Series], np.ndarray]
 ) -> tuple[pd.DataFrame, int]:
