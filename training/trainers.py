@@ -349,6 +349,9 @@ def _with_classical_fallback(
 
     description = (f"{label} is served as champion for customers who have bought; customers who never bought, "
                    f"whom {LABELS[kind]} does not describe, get the learnt model's predictions and reasons")
+    if corrected:  # the test window both kept the correction and measures it
+        description += ("; keeping its correction was decided on the same test window whose metrics are shown, "
+                        "so they flatter it slightly")
     trained.fallback = Fallback(best[0], label, refit_value, result, build, description, correction_note)
     return trained
 

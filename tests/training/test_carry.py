@@ -233,12 +233,13 @@ def test_the_served_classical_model_keeps_its_correction_only_if_it_holds_on_the
     if served == "corrected":
         assert fallback.label == "Pareto/NBD (corrected on an inner window)" and fallback.value == 0.90
         assert fallback.correction_note is None and model.baseline.startswith("Pareto/NBD + level x")
+        assert fallback.description.endswith("so they flatter it slightly")  # kept on the window it is shown on
     elif served == "ranking":
         assert fallback.label == "Pareto/NBD (ranking corrected on an inner window)" and fallback.value == 0.99
         assert fallback.correction_note.endswith("are dropped: corrected on an inner window (mae 1.0500)")
         assert model.baseline == "Pareto/NBD + LightGBM correction" and model.correction.level == 1.0
     else:
-        assert fallback.label == "Pareto/NBD" and fallback.value == 0.95
+        assert fallback.label == "Pareto/NBD" and fallback.value == 0.95 and "flatter" not in fallback.description
         assert "do not hold against plain Pareto/NBD on the test window (mae 1.0000) are dropped" in fallback.correction_note
         assert fallback.correction_note.endswith("(mae 1.0500); ranking corrected on an inner window (mae 1.0100)")
         assert model.baseline == "Pareto/NBD" and model.correction.booster is None
