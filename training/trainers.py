@@ -28,6 +28,7 @@ from training.models import (
     LookalikeModel,
     PurchaseTimingModel,
 )
+from training.structural import Correction
 from training.tuning import tune
 from training.windows import HorizonPlan, Windows
 
@@ -372,15 +373,13 @@ CORRECTION_VARIANTS = {
 def _classical_fit(data: ModelingData, cutoff: datetime, kind: str, horizon: int, variant: str) -> classical.ClassicalFit:
     """``classical.fit_classical`` on the data up to ``cutoff`` as ``variant`` (``CORRECTION_VARIANTS``),
     fitted once per run for every trainer that asks."""
+    key = ("classical", kind, cutoff, horizon)
+    if key not in data.btyd_cache:  # the corrected fit; the other variants strip its correction
+        data.btyd_cache[key] = classical.fit_classical(data.transactions, pd.Timestamp(cutoff), kind, horizon, data.seed, data.threads)
+    fitted = data.btyd_cache[key]
     if variant == "ranking":
-        fitted = _classical_fit(data, cutoff, kind, horizon, "corrected")
         return replace(fitted, correction=replace(fitted.correction, level=1.0))
-    key = ("classical", kind, cutoff, horizon, variant)
-    if key not in data.btyd_cache:
-        data.btyd_cache[key] = classical.fit_classical(
-            data.transactions, pd.Timestamp(cutoff), kind, horizon, data.seed, data.threads, variant == "corrected",
-        )
-    return data.btyd_cache[key]
+    return fitted if variant == "corrected" else replace(fitted, correction=Correction())
 
 
 def _holds(metrics: pd.DataFrame, gate: Gate, against: str) -> bool:
