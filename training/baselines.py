@@ -37,6 +37,9 @@ def rfm_frame(transactions: pd.DataFrame, cutoff: datetime) -> pd.DataFrame:
     )
 
 
+FAST_COMPILE_BELOW_CUSTOMERS = 5_000  # PyMC fits on fewer customers skip PyTensor's graph optimization
+
+
 def btyd_predictions(
     transactions: pd.DataFrame,
     cutoff: datetime,
@@ -50,11 +53,16 @@ def btyd_predictions(
     ``expected_purchases`` (in ``count_horizon``
     days), ``expected_revenue`` (in ``revenue_horizon`` days) and ``p_alive``.
     """
+    import pytensor
     from pymc_marketing.clv import BetaGeoModel, GammaGammaModel
 
     rfm = rfm_frame(transactions, cutoff)
     data = rfm[["customer_id", "frequency", "recency", "T"]]
-    with _quiet():
+    # PyTensor's default mode optimizes and compiles each model's graph for seconds, which is
+    # most of a fit on a small log; FAST_COMPILE skips that but evaluates each step more slowly,
+    # which costs more than it saves on large ones. Both give the same fit.
+    mode = "FAST_COMPILE" if len(rfm) < FAST_COMPILE_BELOW_CUSTOMERS else pytensor.config.mode
+    with _quiet(), pytensor.config.change_flags(mode=mode):
         bgnbd = BetaGeoModel(data=data)
         bgnbd.fit(method="map", progressbar=False)
         out = pd.DataFrame({"customer_id": rfm["customer_id"].to_numpy()})

@@ -54,7 +54,7 @@ def global_importance(x: pd.DataFrame, contributions: np.ndarray) -> pd.DataFram
 
 
 def shap_plots(x: pd.DataFrame, contributions: np.ndarray, out_dir: Path, title: str, top: int = 3) -> list[Path]:
-    """Beeswarm, bar and dependence plots of the top features, as PNG files."""
+    """Beeswarm and bar plots, and dependence plots of the ``top`` features in one figure, as PNG files."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,13 +82,16 @@ def shap_plots(x: pd.DataFrame, contributions: np.ndarray, out_dir: Path, title:
         plt.savefig(path, dpi=80)
         plt.close("all")
         paths.append(path)
-    for feature in global_importance(x, contributions)["feature"].head(top):
-        plt.figure()
-        shap.plots.scatter(explanation[:, feature], show=False)
-        path = out_dir / f"shap_dependence_{feature}.png"
-        plt.title(f"{title}: {feature}")
-        plt.tight_layout()
-        plt.savefig(path, dpi=80)
+    features = list(global_importance(x, contributions)["feature"].head(top))
+    if features:  # one figure, a panel per feature: each figure costs a render
+        figure, axes = plt.subplots(1, len(features), figsize=(4.5 * len(features), 4), squeeze=False)
+        for ax, feature in zip(axes[0], features, strict=True):
+            shap.plots.scatter(explanation[:, feature], ax=ax, show=False)
+            ax.set_title(feature)
+        figure.suptitle(f"{title}: SHAP dependence of the top {len(features)} features")
+        path = out_dir / "shap_dependence.png"
+        figure.tight_layout()
+        figure.savefig(path, dpi=80)
         plt.close("all")
         paths.append(path)
     return paths

@@ -130,21 +130,24 @@ def _serve_fallback(
     reason = f"{fallback.label} baseline served as champion: learnt challenger v{beaten.challenger_version} does worse ({loss})"
     with mlflow.start_run(run_name=f"{gate.name} ({fallback.label} baseline)", nested=True):
         mlflow.set_tags({"model_kind": "baseline", "baseline": fallback.label, "replaces_run": beaten_run})
-        uri = log_run(config, gate, fallback.build(), shown, card_note=card_note)
+        uri = log_run(config, gate, fallback.build(), shown, card_note=card_note, shap_plots_of=beaten_run)
         return tracking.register_baseline(
             client, gate.name, uri, gate.headline, fallback.value, fallback.label, gate.higher_is_better, reason,
         )
 
 
-def log_run(config: Config, gate: Gate, model: Any, result: Evaluation, card_note: str | None = None) -> str:
+def log_run(
+    config: Config, gate: Gate, model: Any, result: Evaluation, card_note: str | None = None, shap_plots_of: str | None = None,
+) -> str:
     """Log metrics, plots, SHAP, model card (``card_note`` on top) and model in the active run;
-    return the model's URI."""
+    return the model's URI. ``shap_plots_of``: the run whose SHAP plots are this model's too (a
+    baseline's reasons are the learnt model's), copied rather than drawn again."""
     metrics = result.metrics
     model_rows = metrics[metrics["method"] == "model"]
     mlflow.log_metrics({f"{r.indicator}.{r.metric}": float(r.value) for r in model_rows.itertuples() if np.isfinite(r.value)})
-    for r in metrics[metrics["method"] != "model"].itertuples():
-        if np.isfinite(r.value):
-            mlflow.log_metric(f"{r.method}.{r.indicator}.{r.metric}", float(r.value))
+    mlflow.log_metrics({  # one call: a metric at a time is a file write each
+        f"{r.method}.{r.indicator}.{r.metric}": float(r.value) for r in metrics[metrics["method"] != "model"].itertuples() if np.isfinite(r.value)
+    })
     tracking.log_table(metrics, "backtest_metrics.csv")
     mlflow.log_params({"horizons": model.horizons_note()})
     if gate.window is not None:
@@ -158,8 +161,12 @@ def log_run(config: Config, gate: Gate, model: Any, result: Evaluation, card_not
             mlflow.log_artifact(str(PLOTS[kind](curves, out / f"{kind}.png", f"{gate.name}: {kind}")), "plots")
         sample = test.sample(min(len(test), 2000), random_state=config.seed) if len(test) else test
         x, contributions = model.explain(sample)
-        for path in shap_plots(x, contributions * gate.explain_sign, out / "shap", gate.name):
-            mlflow.log_artifact(str(path), "plots/shap")
+        shap_dir = out / "shap"
+        if shap_plots_of is None:
+            shap_plots(x, contributions * gate.explain_sign, shap_dir, gate.name)
+        else:
+            shap_dir = Path(mlflow.artifacts.download_artifacts(run_id=shap_plots_of, artifact_path="plots/shap", dst_path=tmp))
+        mlflow.log_artifacts(str(shap_dir), "plots/shap")
         importance = global_importance(x, contributions)
         tracking.log_table(importance, "shap_importance.csv")
         card = model_card(gate, metrics, importance, model.horizons_note())
