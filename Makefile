@@ -30,7 +30,7 @@ export FEAST_USAGE := False
 export PYTHONDONTWRITEBYTECODE :=
 export UV_LINK_MODE := copy
 
-.PHONY: help setup train data features serve test test-all test-services bench bench-events bench-train bench-serve bench-short-history bench-cdnow load-test bento report lint mlflow-ui feast-ui notebooks clean
+.PHONY: help setup train data features serve test test-all test-services bench bench-events bench-train bench-serve bench-short-history bench-cdnow bench-backtest load-test bento report lint mlflow-ui feast-ui notebooks clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST) \
@@ -100,6 +100,9 @@ bench-short-history: setup ## Six months of real data (CDNOW): train + score aga
 
 bench-cdnow: setup ## CDNOW 39/39 weeks: indicators backtest (train + score up to the cutoff) beside BG/NBD and Pareto/NBD -> bench/cdnow_split_results.json
 	$(RUN)/python -m bench.cdnow_split --out bench/cdnow_split_results.json
+
+bench-backtest: setup ## indicators backtest on a 3-column log (customer_id, timestamp, amount), 900 generated customers -> bench/backtest_minimal_results.json
+	$(RUN)/python -m bench.backtest_minimal --out bench/backtest_minimal_results.json
 
 lint: setup ## Ruff lint
 	$(RUN)/ruff check .

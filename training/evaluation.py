@@ -82,6 +82,12 @@ def decile_calibration(y: np.ndarray, prediction: np.ndarray, deciles: int = 10)
     )
 
 
+def unit_deviance(y: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Each row's Poisson deviance of outcome ``y`` (>= 0) against the ``expected`` count."""
+    expected = np.maximum(expected, 1e-12)
+    return 2 * (np.where(y > 0, y * np.log(np.maximum(y, 1e-12) / expected), 0.0) - (y - expected))
+
+
 def regression_metrics(y: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
     y = np.asarray(y, dtype=float)
     prediction = np.asarray(prediction, dtype=float)
@@ -89,6 +95,9 @@ def regression_metrics(y: np.ndarray, prediction: np.ndarray) -> dict[str, float
     return {
         "mae": float(np.mean(np.abs(y - prediction))),
         "rmse": float(np.sqrt(np.mean((y - prediction) ** 2))),
+        # The mean Poisson deviance judges a count by its likelihood: unlike MAE, it does not
+        # reward shrinking every prediction. Undefined where an outcome is negative (net refunds).
+        "poisson_deviance": float(np.mean(unit_deviance(y, prediction))) if (y >= 0).all() else float("nan"),
         "normalized_gini": normalized_gini(y, prediction),
         "spearman": float(spearmanr(y, prediction).statistic) if np.std(prediction) > 0 else float("nan"),
         "total_error": float(prediction.sum() / y.sum() - 1.0) if y.sum() != 0 else float("nan"),

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from training.btyd import LABELS, MODELS, BtydFit, Rfm, fit_btyd
+from training.evaluation import unit_deviance
 from training.models import customer_uniform
 
 INNER_SHARE = 0.7  # customers the corrections are fitted on; the rest score the candidates
@@ -119,12 +120,6 @@ def purchase_days_in(transactions: pd.DataFrame, start: pd.Timestamp, end: pd.Ti
     window = transactions[(transactions["timestamp"] > start) & (transactions["timestamp"] <= end) & (transactions["amount"] > 0)]
     counts = window.assign(day=window["timestamp"].dt.floor("D")).groupby("customer_id")["day"].nunique()
     return customers.map(counts).fillna(0).to_numpy(float)
-
-
-def unit_deviance(y: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    """Each customer's Poisson deviance."""
-    expected = np.maximum(expected, 1e-12)
-    return 2 * (np.where(y > 0, y * np.log(np.maximum(y, 1e-12) / expected), 0.0) - (y - expected))
 
 
 def complexity(candidate: str) -> int:

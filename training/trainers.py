@@ -414,11 +414,14 @@ def train_expected_purchases(config: Config, data: ModelingData, on_step: Step) 
         metrics = metrics_table("expected_purchases", preds, y, evaluation.regression_metrics)
         return Evaluation(metrics, {"deciles": {k: (y, v) for k, v in preds.items()}})
 
+    gate = Gate.of("expected_purchases", w, test)
+
     def champion_value(champion: Any) -> float:
-        return evaluation.regression_metrics(y, _learned_at(champion, h).predict(test)["expected_purchases"].to_numpy())["mae"]
+        predicted = _learned_at(champion, h).predict(test)["expected_purchases"].to_numpy()
+        return evaluation.regression_metrics(y, predicted)[gate.headline]
 
     trained = _with_classical_fallback(
-        data, Gate.of("expected_purchases", w, test), model, served, evaluate, champion_value, {"horizon": h},
+        data, gate, model, served, evaluate, champion_value, {"horizon": h},
         {"horizon": s.expected_purchases_horizon_days},
     )
     trained.headlines, trained.studies = ("expected_purchases",), (study,)
