@@ -66,12 +66,13 @@ def _pn_log_dropout_integral(p: np.ndarray, x, t_x, T) -> np.ndarray:
     (beta + tau)^-(s + 1): Pareto/NBD's A0 term divided by (r + s + x).
 
     The closed form needs the Gauss hypergeometric function at z = |alpha - beta| / (max + t_x),
-    whose series scipy sums in under a microsecond a row while z < 0.9 but in up to 100 us as z
-    nears 1 (one rate far below the other: where Pareto/NBD's dropout tends to a constant rate).
-    There it is integrated numerically (``_pn_log_dropout_quadrature``)."""
+    whose series scipy sums in about a microsecond a row while z < 0.9 but in up to 100 us as z
+    nears 1 (one rate far below the other: where Pareto/NBD's dropout tends to a constant rate),
+    where it may also overflow. There it is integrated numerically (``_pn_log_dropout_quadrature``,
+    about 6 us a row)."""
     x, t_x, T = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (x, t_x, T)))
     r, alpha, s, beta = p
-    closed = abs(alpha - beta) / (max(alpha, beta) + t_x) < 0.9
+    closed = abs(alpha - beta) / (max(alpha, beta) + t_x) < 0.98  # about where the two cost the same
     out = np.empty(x.shape)
     out[closed] = _pn_log_dropout_closed_form(p, x[closed], t_x[closed], T[closed])
     out[~closed] = _pn_log_dropout_quadrature(p, x[~closed], t_x[~closed], T[~closed])
@@ -192,7 +193,7 @@ def fit_btyd(model: str, rfm: Rfm) -> BtydFit:
     (x, t_x, T) rows weighted by how many customers share them."""
     keys, weights = np.unique(np.c_[rfm.x, rfm.t_x, rfm.T].astype(float), axis=0, return_counts=True)
     scale = float(np.median(rfm.T)) if np.median(rfm.T) > 0 else 1.0
-    return _fit_distinct(model, keys.tobytes(), weights.tobytes(), scale)
+    return _fit_distinct(model, keys.tobytes(), weights.astype(np.int64).tobytes(), scale)
 
 
 @functools.lru_cache(maxsize=32)  # a training run asks for the same cutoff's fit several times
@@ -208,7 +209,8 @@ def _fit_distinct(model: str, keys_bytes: bytes, weights_bytes: bytes, scale: fl
         return params
 
     def loss(log_params: np.ndarray) -> float:
-        values = log_likelihood(params_of(log_params), x, t_x, T)
+        with np.errstate(all="ignore"):  # the search strays where parameters overflow: a non-finite loss
+            values = log_likelihood(params_of(log_params), x, t_x, T)
         return -(weights * values).sum() / weights.sum() if np.all(np.isfinite(values)) else 1e20
 
     start = _START[model].copy()
@@ -217,7 +219,9 @@ def _fit_distinct(model: str, keys_bytes: bytes, weights_bytes: bytes, scale: fl
     polished = minimize(loss, best.x, method="L-BFGS-B")
     if polished.fun <= best.fun:
         best = polished
-    return BtydFit(model, params_of(best.x))
+    params = params_of(best.x)
+    params.setflags(write=False)  # the fit is shared by every caller with these rows
+    return BtydFit(model, params)
 
 
 @dataclass(frozen=True)

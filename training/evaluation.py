@@ -95,9 +95,6 @@ def regression_metrics(y: np.ndarray, prediction: np.ndarray) -> dict[str, float
     return {
         "mae": float(np.mean(np.abs(y - prediction))),
         "rmse": float(np.sqrt(np.mean((y - prediction) ** 2))),
-        # The mean Poisson deviance judges a count by its likelihood: unlike MAE, it does not
-        # reward shrinking every prediction. Undefined where an outcome is negative (net refunds).
-        "poisson_deviance": float(np.mean(unit_deviance(y, prediction))) if (y >= 0).all() else float("nan"),
         "normalized_gini": normalized_gini(y, prediction),
         "spearman": float(spearmanr(y, prediction).statistic) if np.std(prediction) > 0 else float("nan"),
         "total_error": float(prediction.sum() / y.sum() - 1.0) if y.sum() != 0 else float("nan"),
@@ -105,6 +102,13 @@ def regression_metrics(y: np.ndarray, prediction: np.ndarray) -> dict[str, float
         "mean_actual": float(y.mean()),
         "rows": float(len(y)),
     }
+
+
+def count_metrics(y: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    """``regression_metrics`` of a count (purchase days), with its mean Poisson deviance, which
+    judges a count by its likelihood: unlike MAE, it does not reward shrinking every prediction."""
+    y, prediction = np.asarray(y, dtype=float), np.asarray(prediction, dtype=float)
+    return {**regression_metrics(y, prediction), "poisson_deviance": float(np.mean(unit_deviance(y, prediction)))}
 
 
 def interval_coverage(y: np.ndarray, low: np.ndarray, high: np.ndarray) -> dict[str, float]:

@@ -62,15 +62,16 @@ def shap_plots(x: pd.DataFrame, contributions: np.ndarray, out_dir: Path, title:
     import shap
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    numeric = x.copy()
+    shown = x.notna().any().to_numpy()  # a feature the log has no column for is all null: nothing to plot
+    numeric = x.loc[:, shown].copy()
     for column in numeric.columns:
         if isinstance(numeric[column].dtype, pd.CategoricalDtype):
             numeric[column] = numeric[column].cat.codes.astype(float)
     explanation = shap.Explanation(
-        values=contributions[:, :-1],
+        values=contributions[:, :-1][:, shown],
         base_values=contributions[:, -1],
         data=numeric.to_numpy(dtype=float),
-        feature_names=list(x.columns),
+        feature_names=list(numeric.columns),
     )
     paths = []
     for kind in ("beeswarm", "bar"):
@@ -82,7 +83,7 @@ def shap_plots(x: pd.DataFrame, contributions: np.ndarray, out_dir: Path, title:
         plt.savefig(path, dpi=80)
         plt.close("all")
         paths.append(path)
-    features = list(global_importance(x, contributions)["feature"].head(top))
+    features = list(global_importance(numeric, np.c_[explanation.values, explanation.base_values])["feature"].head(top))
     if features:  # one figure, a panel per feature: each figure costs a render
         figure, axes = plt.subplots(1, len(features), figsize=(4.5 * len(features), 4), squeeze=False)
         for ax, feature in zip(axes[0], features, strict=True):

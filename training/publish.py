@@ -13,9 +13,11 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from training import evaluation, tracking
 from training.catalogue import LEARNT_METHOD
+from training.classical import is_classical
 from training.config import Config
 from training.evaluation import best_baseline, headline_value, level_shortfall
 from training.explain import global_importance, shap_plots
@@ -130,7 +132,9 @@ def _serve_fallback(
     reason = f"{fallback.label} baseline served as champion: learnt challenger v{beaten.challenger_version} does worse ({loss})"
     with mlflow.start_run(run_name=f"{gate.name} ({fallback.label} baseline)", nested=True):
         mlflow.set_tags({"model_kind": "baseline", "baseline": fallback.label, "replaces_run": beaten_run})
-        uri = log_run(config, gate, fallback.build(), shown, card_note=card_note, shap_plots_of=beaten_run)
+        model = fallback.build()
+        # A classical model's reasons are the learnt model's, and so are its SHAP plots.
+        uri = log_run(config, gate, model, shown, card_note=card_note, shap_plots_of=beaten_run if is_classical(model) else None)
         return tracking.register_baseline(
             client, gate.name, uri, gate.headline, fallback.value, fallback.label, gate.higher_is_better, reason,
         )
@@ -161,12 +165,7 @@ def log_run(
             mlflow.log_artifact(str(PLOTS[kind](curves, out / f"{kind}.png", f"{gate.name}: {kind}")), "plots")
         sample = test.sample(min(len(test), 2000), random_state=config.seed) if len(test) else test
         x, contributions = model.explain(sample)
-        shap_dir = out / "shap"
-        if shap_plots_of is None:
-            shap_plots(x, contributions * gate.explain_sign, shap_dir, gate.name)
-        else:
-            shap_dir = Path(mlflow.artifacts.download_artifacts(run_id=shap_plots_of, artifact_path="plots/shap", dst_path=tmp))
-        mlflow.log_artifacts(str(shap_dir), "plots/shap")
+        mlflow.log_artifacts(str(_shap_plots(gate, x, contributions, out, shap_plots_of)), "plots/shap")
         importance = global_importance(x, contributions)
         tracking.log_table(importance, "shap_importance.csv")
         card = model_card(gate, metrics, importance, model.horizons_note())
@@ -176,6 +175,17 @@ def log_run(
         mlflow.log_text(card, "model_card.md")
     example = _pyfunc_example(model, test.head(500))  # logged only as non_personal_example
     return tracking.log_model(model, gate.name, example)
+
+
+def _shap_plots(gate: Gate, x: pd.DataFrame, contributions: np.ndarray, out: Path, copied_from: str | None) -> Path:
+    """The directory of the SHAP plots: those of run ``copied_from``, or drawn here."""
+    if copied_from is not None:
+        try:
+            return Path(mlflow.artifacts.download_artifacts(run_id=copied_from, artifact_path="plots/shap", dst_path=str(out)))
+        except MlflowException:  # that run has none: draw them
+            pass
+    shap_plots(x, contributions * gate.explain_sign, out / "shap", gate.name)
+    return out / "shap"
 
 
 def _pyfunc_example(model: Any, rows: pd.DataFrame) -> pd.DataFrame:

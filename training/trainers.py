@@ -411,14 +411,14 @@ def train_expected_purchases(config: Config, data: ModelingData, on_step: Step) 
 
     def evaluate(candidate_at: Callable[[datetime], Any]) -> Evaluation:
         preds = {"model": candidate_at(w.test).predict(test)["expected_purchases"].to_numpy(), **others}
-        metrics = metrics_table("expected_purchases", preds, y, evaluation.regression_metrics)
+        metrics = metrics_table("expected_purchases", preds, y, evaluation.count_metrics)
         return Evaluation(metrics, {"deciles": {k: (y, v) for k, v in preds.items()}})
 
     gate = Gate.of("expected_purchases", w, test)
 
     def champion_value(champion: Any) -> float:
         predicted = _learned_at(champion, h).predict(test)["expected_purchases"].to_numpy()
-        return evaluation.regression_metrics(y, predicted)[gate.headline]
+        return evaluation.count_metrics(y, predicted)[gate.headline]
 
     trained = _with_classical_fallback(
         data, gate, model, served, evaluate, champion_value, {"horizon": h},

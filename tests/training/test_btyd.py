@@ -37,8 +37,13 @@ def test_the_quadrature_agrees_with_the_closed_form(seed: int) -> None:
 
 
 def test_the_likelihood_is_finite_and_picks_either_form_per_row() -> None:
+    """CDNOW's parameters (every row closed form), a dropout rate about constant (every row
+    integrated) and one between, whose rows go either way by their t_x."""
     x, t_x, T = customers(200, 7)
-    for p in (np.array([0.6, 80.0, 0.5, 60.0]), np.array([0.8, 31.0, 164.0, 1e5])):  # CDNOW's; dropout ~ constant
+    for p, integrated in ((np.array([0.6, 80.0, 0.5, 60.0]), (0.0, 0.0)), (np.array([0.8, 31.0, 164.0, 1e5]), (1.0, 1.0)),
+                          (np.array([0.6, 20.0, 5.3, 3000.0]), (0.2, 0.8))):
+        share = np.mean(abs(p[1] - p[3]) / (max(p[1], p[3]) + t_x) >= 0.98)
+        assert integrated[0] <= share <= integrated[1], (p, share)
         mixed = btyd._pn_log_dropout_integral(p, x, t_x, T)
         closed = btyd._pn_log_dropout_closed_form(p, x, t_x, T)
         np.testing.assert_allclose(mixed[np.isfinite(closed)], closed[np.isfinite(closed)], rtol=0, atol=1e-7)

@@ -140,7 +140,7 @@ def test_cdnow_imports_as_exported(tmp_path: Path) -> None:
 def test_cdnow_39_39_weeks_against_the_classical_models(tmp_path: Path) -> None:
     """The full log, 39 weeks of calibration and 39 of holdout, through `indicators backtest`
     (train on the 39 weeks, then score). The gate serves Pareto/NBD for expected purchases (its
-    inner-window corrections do not hold on the test window) and its ranking correction for the
+    inner-window corrections do not hold on the test window) and its corrected fit for the
     CLV: at least BG/NBD's ranking and error, Pareto/NBD's within a hair, better revenue
     ranking than both, an 80% interval that covers 75-85%. The level stays Pareto/NBD's
     (-12.7%, the +-10% target is missed)."""
