@@ -5,8 +5,8 @@ purchase counts, Gamma-Gamma for spend. PyMC-Marketing fits the same models by M
 priors; its fits take 10-45 s on 23k customers (PyTensor compiles each model), too slow for
 the inner validation windows of ``training.structural``, which fit several models at several
 cutoffs. These fits take under a second (distinct (x, t_x, T) rows, weighted; the last 32
-fits are kept in memory, as several steps of a run ask for the same one). The BG/NBD baseline every model is
-compared with stays PyMC-Marketing's (``training.baselines``).
+fits are kept in memory, as several steps of a run ask for the same one). The BG/NBD
+baseline every model is compared with stays PyMC-Marketing's (``training.baselines``).
 
 Units are days: ``x`` repeat purchase days, ``t_x`` the day of the last one and ``T`` the
 age, both counted from the first purchase.
