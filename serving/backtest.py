@@ -2,8 +2,9 @@
 
 The log's rows at or before the cutoff are imported into a data directory of its own (with its
 own MLflow store, on the embedded profile: a backtest never touches a production store), every
-model is trained there as ``indicators train`` trains them (the same window planner, gate and
-classical fallback), with every horizon set to the backtest's, and every customer is scored as
+model with a backtested indicator is trained there as ``indicators train`` trains it (the same
+window planner, gate and classical fallback; the lookalikes predict nothing a backtest reports),
+with every horizon set to the backtest's, and every customer is scored as
 ``indicators score`` scores, as of the end of that data. Rows after the cutoff are never
 imported, so nothing can read them.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from serving.batch import score_all
-from training.catalogue import BACKTEST_INDICATORS
+from training.catalogue import BACKTEST_INDICATORS, BACKTESTED_MODELS
 from training.config import Config, as_utc
 from training.data.ingest import ImportOptions, normalize, read_source, write_normalized
 from training.pipeline import TrainingResult, run_training
@@ -50,10 +51,11 @@ def read_log(path: Path, cutoff: datetime, options: ImportOptions | None = None)
 
 def backtest_config(config: Config, work_dir: Path, horizon: int) -> Config:
     """``config``'s models and seed in ``work_dir`` (embedded, its own MLflow store), with every
-    horizon set to ``horizon``; the purchase grid gains it."""
+    horizon set to ``horizon``; the purchase grid gains it. Its MLflow runs keep metrics, SHAP
+    importance and model cards but no SHAP plots: a backtest reports predictions."""
     models = replace(
         config.models, churn_horizon_days=horizon, expected_purchases_horizon_days=horizon, clv_horizon_days=horizon,
-        purchase_horizons=tuple(sorted({*config.models.purchase_horizons, horizon})),
+        purchase_horizons=tuple(sorted({*config.models.purchase_horizons, horizon})), shap_plots=False,
     )
     return Config(data_dir=work_dir, snapshots=config.snapshots, models=models, scoring=config.scoring, seed=config.seed)
 
@@ -73,7 +75,7 @@ def run_backtest(log: pd.DataFrame, cutoff: datetime, config: Config, on_step: S
         raise BacktestError(f"{paths.data_dir} already holds data: a backtest needs a directory of its own")
     write_normalized(paths, "transactions", past.reset_index(drop=True))
     on_step(f"{len(past):,} transactions of {past['customer_id'].nunique():,} customers imported, up to {cutoff:%Y-%m-%d}")
-    training = run_training(config, on_step)
+    training = run_training(config, on_step, BACKTESTED_MODELS)  # lookalikes predict no backtested column
     summary = score_all(config)
     scores = pd.read_parquet(summary.parquet, columns=OUTPUT_COLUMNS)
     predictions = scores.sort_values("customer_id").reset_index(drop=True)

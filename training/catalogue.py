@@ -71,6 +71,7 @@ MODEL_NAMES = tuple(model.name for model in MODELS)
 LOOKALIKES = tuple(model.name for model in MODELS if model.lookalike)
 STORED_INDICATORS = tuple(i.name for model in MODELS for i in model.indicators if i.stored)
 BACKTEST_INDICATORS = tuple(i.name for model in MODELS for i in model.indicators if i.backtested)
+BACKTESTED_MODELS = tuple(model.name for model in MODELS if any(i.backtested for i in model.indicators))
 # The methods a backtest's metrics set beside the model's own rows (``model``): its baselines,
 # the oracle of generated data, and the losing learnt model beside a baseline served in its place.
 LEARNT_METHOD = "learnt_model"

@@ -124,6 +124,7 @@ class ModelSettings:
     # (0: everyone). Every (customer, cutoff) is a row: 100k customers give 1.3M rows and 7 GiB,
     # which meets every target; 1M would need ~70 GiB and teach trees little more.
     max_customers: int = 100_000
+    shap_plots: bool = True  # drawn into each model's MLflow run (a backtest, which reports predictions, skips them)
 
 
 CONSENT_POLICIES = ("score", "skip")
@@ -402,7 +403,9 @@ def _coerce(key: str, value: Any, kind: type, current: Any = None) -> Any:
             items = value if isinstance(value, list | tuple) else [value]
             item_kind = type(current[0]) if current else int
             return tuple(item_kind(v) for v in items)
-        if kind is bool or isinstance(value, bool) and kind is not bool:
+        if kind is bool or isinstance(value, bool):  # a switch takes true or false, and true is no number
+            if kind is bool and isinstance(value, bool):
+                return value
             raise TypeError
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise TypeError

@@ -165,7 +165,8 @@ def log_run(
             mlflow.log_artifact(str(PLOTS[kind](curves, out / f"{kind}.png", f"{gate.name}: {kind}")), "plots")
         sample = test.sample(min(len(test), 2000), random_state=config.seed) if len(test) else test
         x, contributions = model.explain(sample)
-        mlflow.log_artifacts(str(_shap_plots(gate, x, contributions, out, shap_plots_of)), "plots/shap")
+        if config.models.shap_plots:
+            mlflow.log_artifacts(str(_shap_plots(gate, x, contributions, out, shap_plots_of)), "plots/shap")
         importance = global_importance(x, contributions)
         tracking.log_table(importance, "shap_importance.csv")
         card = model_card(gate, metrics, importance, model.horizons_note())
