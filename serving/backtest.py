@@ -49,20 +49,24 @@ def read_log(path: Path, cutoff: datetime, options: ImportOptions | None = None)
     return clean[clean["timestamp"] <= pd.Timestamp(as_utc(cutoff))].reset_index(drop=True), len(result.quarantined)
 
 
-def backtest_config(config: Config, work_dir: Path, horizon: int) -> Config:
+def backtest_config(config: Config, work_dir: Path, horizon: int, kept: bool = False) -> Config:
     """``config``'s models and seed in ``work_dir`` (embedded, its own MLflow store), with every
     horizon set to ``horizon``; the purchase grid gains it. Its MLflow runs keep metrics, SHAP
-    importance and model cards but no SHAP plots: a backtest reports predictions."""
+    importance and model cards; plots only if the directory is ``kept`` after the backtest
+    (nobody sees those of a temporary one)."""
     models = replace(
         config.models, churn_horizon_days=horizon, expected_purchases_horizon_days=horizon, clv_horizon_days=horizon,
-        purchase_horizons=tuple(sorted({*config.models.purchase_horizons, horizon})), shap_plots=False,
+        purchase_horizons=tuple(sorted({*config.models.purchase_horizons, horizon})), plots=kept,
     )
     return Config(data_dir=work_dir, snapshots=config.snapshots, models=models, scoring=config.scoring, seed=config.seed)
 
 
-def run_backtest(log: pd.DataFrame, cutoff: datetime, config: Config, on_step: Step = lambda _: None) -> Backtest:
+def run_backtest(
+    log: pd.DataFrame, cutoff: datetime, config: Config, on_step: Step = lambda _: None, report: bool = False,
+) -> Backtest:
     """Train on ``log`` (canonical, as ``read_log`` gives it) up to ``cutoff`` in ``config``'s
-    data directory, which must hold no data yet (``backtest_config``), then score everyone."""
+    data directory, which must hold no data yet (``backtest_config``), then score everyone;
+    ``report``: write the training's HTML report there too."""
     cutoff = pd.Timestamp(as_utc(cutoff))
     past = log[log["timestamp"] <= cutoff]
     buyers = past.loc[past["amount"] > 0, "customer_id"].nunique()
@@ -75,7 +79,7 @@ def run_backtest(log: pd.DataFrame, cutoff: datetime, config: Config, on_step: S
         raise BacktestError(f"{paths.data_dir} already holds data: a backtest needs a directory of its own")
     write_normalized(paths, "transactions", past.reset_index(drop=True))
     on_step(f"{len(past):,} transactions of {past['customer_id'].nunique():,} customers imported, up to {cutoff:%Y-%m-%d}")
-    training = run_training(config, on_step, BACKTESTED_MODELS)  # lookalikes predict no backtested column
+    training = run_training(config, on_step, BACKTESTED_MODELS, report)  # lookalikes predict no backtested column
     summary = score_all(config)
     scores = pd.read_parquet(summary.parquet, columns=OUTPUT_COLUMNS)
     predictions = scores.sort_values("customer_id").reset_index(drop=True)

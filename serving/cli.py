@@ -114,9 +114,11 @@ def backtest(
         console.print(f"{bad_rows:,} unusable rows were skipped (see `indicators ingest` for the reasons)")
     with contextlib.ExitStack() as stack:
         work = work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="indicators-backtest-")))
-        config = backtest_config(training_config(Config(), config_file, None, trials, seed, overrides), work, horizon_days)
+        keep = work_dir is not None  # plots and the HTML report only where someone can open them
+        config = backtest_config(training_config(Config(), config_file, None, trials, seed, overrides), work, horizon_days, keep)
         try:
-            result = run_backtest(log, cutoff, config, lambda message: console.print(f"[dim]{time.perf_counter() - began:6.1f}s[/] {message}"))
+            result = run_backtest(log, cutoff, config, lambda message: console.print(f"[dim]{time.perf_counter() - began:6.1f}s[/] {message}"),
+                                  report=keep)
         except HistoryTooShort as error:
             fail(f"{error}. For a backtest: a later cutoff, or a shorter --horizon-days (it sets every horizon)")
         except (BacktestError, ChampionMissing, FileNotFoundError, IngestError, NothingToScore) as error:

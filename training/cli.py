@@ -37,6 +37,13 @@ app = typer.Typer(
 # Logs and tables go to stderr; piped (make, CI) they get a width that fits the summary table.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
+
+@app.callback()
+def _before_any_command() -> None:
+    from training.features.feast_checks import skip_feast_type_checks
+
+    skip_feast_type_checks()  # a command imports Feast 2.6 s faster (training.features.feast_checks)
+
 DataDir = Annotated[
     Path | None,
     typer.Option(

@@ -124,7 +124,7 @@ class ModelSettings:
     # (0: everyone). Every (customer, cutoff) is a row: 100k customers give 1.3M rows and 7 GiB,
     # which meets every target; 1M would need ~70 GiB and teach trees little more.
     max_customers: int = 100_000
-    shap_plots: bool = True  # drawn into each model's MLflow run (a backtest, which reports predictions, skips them)
+    plots: bool = True  # evaluation and SHAP plots in each model's MLflow run (a temporary backtest draws none)
 
 
 CONSENT_POLICIES = ("score", "skip")
@@ -202,7 +202,7 @@ class Config:
 
 PROFILES = ("embedded", "production")
 # What the production profile reads from the environment, or from a settings file where they
-# hold no password (``_with_settings_file``). Required ones first.
+# hold no password (``with_settings_file``). Required ones first.
 PRODUCTION_ENV = {
     "INDICATORS_REDIS": "the Redis online store, as Feast takes it: host:port[,password=...,ssl=true]",
     "INDICATORS_FEAST_REGISTRY": "the Feast registry, a SQLAlchemy URL (postgresql+psycopg://user:pass@host/db)",
@@ -233,7 +233,7 @@ def config_from_env(
     The same variables may come from a settings file (``INDICATORS_SETTINGS``), the
     environment winning over it.
     """
-    env = _with_settings_file(os.environ if environ is None else environ)
+    env = with_settings_file(os.environ if environ is None else environ)
     data = data_dir if data_dir is not None else Path(env.get("INDICATORS_DATA_DIR") or DEFAULT_DATA_DIR)
     mlflow_store = mlflow_dir if mlflow_dir is not None else env.get("INDICATORS_MLFLOW_DIR") or None
     scoring = ScoringSettings(unknown_consent=(env.get("INDICATORS_UNKNOWN_CONSENT") or "score").strip().lower())
@@ -242,10 +242,7 @@ def config_from_env(
     if not workers.isdigit():
         raise ConfigError(f"INDICATORS_WORKERS must be a whole number (0: one per core), got {workers!r}")
     profile = {"scoring": scoring, "workers": int(workers), **_profile_settings(env)}
-    switch = (env.get("INDICATORS_FEAST_ACCELERATED") or "true").strip().lower()
-    if switch not in ("true", "false"):
-        raise ConfigError(f"INDICATORS_FEAST_ACCELERATED must be true or false, got {switch!r}")
-    profile["feast"] = replace(profile.get("feast", FeastSettings()), accelerated=switch == "true")
+    profile["feast"] = replace(profile.get("feast", FeastSettings()), accelerated=feast_accelerated(env))
     profile |= given
     return Config(data_dir=Path(data), mlflow_dir=Path(mlflow_store) if mlflow_store else None, **profile)
 
@@ -258,7 +255,15 @@ SETTINGS_KEYS = (
 )
 
 
-def _with_settings_file(env: Any) -> Any:
+def feast_accelerated(env: Any) -> bool:
+    """``INDICATORS_FEAST_ACCELERATED`` of ``env`` (default true)."""
+    switch = (env.get("INDICATORS_FEAST_ACCELERATED") or "true").strip().lower()
+    if switch not in ("true", "false"):
+        raise ConfigError(f"INDICATORS_FEAST_ACCELERATED must be true or false, got {switch!r}")
+    return switch == "true"
+
+
+def with_settings_file(env: Any) -> Any:
     """``env`` over the YAML mapping of ``SETTINGS_KEYS`` in the file ``INDICATORS_SETTINGS``
     names. A file may be committed, so it may not hold a password: those come from the
     environment only (a URL's ``user:password@``, Redis's ``password=``; or libpq's PGPASSWORD)."""

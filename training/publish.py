@@ -146,26 +146,26 @@ def log_run(
     """Log metrics, plots, SHAP, model card (``card_note`` on top) and model in the active run;
     return the model's URI. ``shap_plots_of``: the run whose SHAP plots are this model's too (a
     baseline's reasons are the learnt model's), copied rather than drawn again."""
-    metrics = result.metrics
-    model_rows = metrics[metrics["method"] == "model"]
-    mlflow.log_metrics({f"{r.indicator}.{r.metric}": float(r.value) for r in model_rows.itertuples() if np.isfinite(r.value)})
-    mlflow.log_metrics({  # one call: a metric at a time is a file write each
-        f"{r.method}.{r.indicator}.{r.metric}": float(r.value) for r in metrics[metrics["method"] != "model"].itertuples() if np.isfinite(r.value)
-    })
+    test, metrics = gate.test, result.metrics
+    logged = tracking.log_model(model, gate.name, _pyfunc_example(model, test.head(500)))  # the example is not logged as is
+    mlflow.log_metrics({  # one call: a metric at a time is a write each
+        (f"{r.indicator}.{r.metric}" if r.method == "model" else f"{r.method}.{r.indicator}.{r.metric}"): float(r.value)
+        for r in metrics.itertuples() if np.isfinite(r.value)
+    }, model_id=logged.model_id)
     tracking.log_table(metrics, "backtest_metrics.csv")
     mlflow.log_params({"horizons": model.horizons_note()})
     if gate.window is not None:
         mlflow.log_params({"window": gate.window.describe()})
     for key, frame in result.extra.items():
         tracking.log_table(frame.head(1000), f"{key}.csv")
-    test = gate.test
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        for kind, curves in result.plots.items():
-            mlflow.log_artifact(str(PLOTS[kind](curves, out / f"{kind}.png", f"{gate.name}: {kind}")), "plots")
+        if config.models.plots:
+            for kind, curves in result.plots.items():
+                mlflow.log_artifact(str(PLOTS[kind](curves, out / f"{kind}.png", f"{gate.name}: {kind}")), "plots")
         sample = test.sample(min(len(test), 2000), random_state=config.seed) if len(test) else test
         x, contributions = model.explain(sample)
-        if config.models.shap_plots:
+        if config.models.plots:
             mlflow.log_artifacts(str(_shap_plots(gate, x, contributions, out, shap_plots_of)), "plots/shap")
         importance = global_importance(x, contributions)
         tracking.log_table(importance, "shap_importance.csv")
@@ -174,8 +174,7 @@ def log_run(
             title, _, rest = card.partition("\n")
             card = f"{title}\n\n{card_note}\n{rest}"
         mlflow.log_text(card, "model_card.md")
-    example = _pyfunc_example(model, test.head(500))  # logged only as non_personal_example
-    return tracking.log_model(model, gate.name, example)
+    return logged.model_uri
 
 
 def _shap_plots(gate: Gate, x: pd.DataFrame, contributions: np.ndarray, out: Path, copied_from: str | None) -> Path:

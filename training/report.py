@@ -10,6 +10,7 @@ newest) and logged as an artifact of a run in the ``training_reports`` experimen
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from training import tracking
 from training.config import Config, experiment_yaml
@@ -149,7 +151,8 @@ def _model_section(run_id: str, reports: list, tmp: Path) -> str:
     pivot.columns.name = None
     local = tmp / run_id
     for artifact in ("plots", "promotion_decision.json"):
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(local))
+        with contextlib.suppress(MlflowException, OSError):  # a run without plots (models.plots off)
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(local))
     decision_file = local / "promotion_decision.json"
     decision = json.loads(decision_file.read_text()) if decision_file.exists() else {}
     verdict = (

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import joblib
 import mlflow
@@ -32,6 +32,9 @@ from mlflow.exceptions import MlflowException
 from training.config import Config, ConfigError, experiment_yaml
 from training.evaluation import worse
 from training.models import without_customer_ids
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
 
 # A logged model unpickles this project's classes: its requirements are this project's wheel
 # (which brings the rest), and the libraries the model runs on, at the versions it was fitted with.
@@ -127,9 +130,10 @@ def _register(model_uri: str, name: str) -> str:
         return str(mlflow.register_model(model_uri, name).version)
 
 
-def log_model(model: Any, name: str, example: pd.DataFrame) -> str:
+def log_model(model: Any, name: str, example: pd.DataFrame) -> ModelInfo:
     """Log ``model`` in the active run with a signature inferred from ``example`` and a
-    ``non_personal_example`` of it; returns its model URI."""
+    ``non_personal_example`` of it. Logged before the run's metrics, which then name its
+    ``model_id``: logged after them, MLflow reads back each metric's history to link it."""
     from mlflow.models import infer_signature
 
     wrapper = IndicatorModel()
@@ -153,7 +157,7 @@ def log_model(model: Any, name: str, example: pd.DataFrame) -> str:
             input_example=non_personal_example(example),
             pip_requirements=pip_requirements(),
         )
-    return info.model_uri
+    return info
 
 
 def load_model(config: Config, name: str, alias: str = CHAMPION) -> Any | None:

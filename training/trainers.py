@@ -18,7 +18,7 @@ import pandas as pd
 from training import baselines, catalogue, classical, evaluation
 from training.btyd import LABELS
 from training.carry import CarriedTiming, CarriedValue, Carry, learned_model
-from training.config import Config
+from training.config import Config, ModelSettings
 from training.dataset import FeatureEncoder
 from training.evaluation import best_baseline, headline_value, level_shortfall, metrics_table, worse
 from training.models import (
@@ -51,6 +51,12 @@ class ModelingData:
     seed: int = 42
     threads: int = 2
     btyd_cache: dict[tuple, Any] = field(default_factory=dict)  # baseline predictions and classical fits
+    btyd_ahead: baselines.BtydAhead | None = None  # PyMC-Marketing's fits at the test cutoffs, under way
+
+    def close(self) -> None:
+        """Stop the fits under way that no trainer asked for."""
+        if self.btyd_ahead is not None:
+            self.btyd_ahead.close()
 
     @property
     def windows(self) -> dict[int, Windows]:
@@ -125,28 +131,39 @@ def modelled_customers(profile: pd.DataFrame, max_customers: int, seed: int) -> 
 
     The baselines and the oracle are evaluated on the same customers as the models.
     """
+    # Sorted first: DuckDB may list customers in any order, and the sample must not depend on it.
+    profile = profile.sort_values("customer_id", kind="stable").reset_index(drop=True)
     if not max_customers or len(profile) <= max_customers:
         return profile
     return profile.sample(n=max_customers, random_state=seed).sort_values("customer_id").reset_index(drop=True)
 
 
-def _learned_horizons(data: ModelingData, config: Config) -> tuple[tuple[int, ...], int, int]:
+def _learned_horizons(plan: HorizonPlan, settings: ModelSettings) -> tuple[tuple[int, ...], int, int]:
     """The purchase grid, expected-purchases and CLV horizons the models learn (and are compared at)."""
-    s, plan = config.models, data.plan
-    return plan.learned_grid, plan.learned(s.expected_purchases_horizon_days), plan.learned(s.clv_horizon_days)
+    return plan.learned_grid, plan.learned(settings.expected_purchases_horizon_days), plan.learned(settings.clv_horizon_days)
+
+
+def start_btyd(transactions: pd.DataFrame, plan: HorizonPlan, settings: ModelSettings) -> baselines.BtydAhead:
+    """PyMC-Marketing's baselines at every test cutoff the trainers compare at, started now, in
+    the order the trainers ask for them (purchase timing's churn window first)."""
+    grid, count_horizon, revenue_horizon = _learned_horizons(plan, settings)
+    horizons = [plan.learned_on_grid(settings.churn_horizon_days), *grid, count_horizon, revenue_horizon]
+    return baselines.BtydAhead(transactions, [plan.windows[h].test for h in horizons], grid, count_horizon, revenue_horizon)
 
 
 def _btyd(data: ModelingData, config: Config, cutoff: datetime) -> pd.DataFrame:
     key = (cutoff,)
     if key not in data.btyd_cache:
-        data.btyd_cache[key] = baselines.btyd_predictions(data.transactions, cutoff, *_learned_horizons(data, config))
+        ahead = data.btyd_ahead.predictions(cutoff) if data.btyd_ahead is not None else None
+        data.btyd_cache[key] = ahead if ahead is not None else baselines.btyd_predictions(
+            data.transactions, cutoff, *_learned_horizons(data.plan, config.models))
     return data.btyd_cache[key]
 
 
 def _pareto(data: ModelingData, config: Config, cutoff: datetime) -> pd.DataFrame:
     key = ("pareto_nbd", cutoff)
     if key not in data.btyd_cache:
-        data.btyd_cache[key] = baselines.pareto_nbd_predictions(data.transactions, cutoff, *_learned_horizons(data, config))
+        data.btyd_cache[key] = baselines.pareto_nbd_predictions(data.transactions, cutoff, *_learned_horizons(data.plan, config.models))
     return data.btyd_cache[key]
 
 
@@ -157,7 +174,7 @@ def _aligned(frame: pd.DataFrame, predictions: pd.DataFrame, column: str) -> np.
 def _oracle(data: ModelingData, config: Config, cutoff: datetime) -> pd.DataFrame | None:
     if data.truth is None:
         return None
-    return baselines.oracle_predictions(data.truth, cutoff, *_learned_horizons(data, config))
+    return baselines.oracle_predictions(data.truth, cutoff, *_learned_horizons(data.plan, config.models))
 
 
 def _baselines(
@@ -558,6 +575,8 @@ def audience_metrics(name: str, audiences: dict[str, pd.DataFrame]) -> pd.DataFr
 
 
 # The trainer of each catalogue model (the lookalikes share one).
+BTYD_COMPARED = ("purchase_timing", "expected_purchases", "clv")  # the trainers compared with BG/NBD
+
 TRAINERS: dict[str, Callable[[Config, ModelingData, Step], list[Trained]]] = {
     "purchase_timing": train_purchase_timing,
     "expected_purchases": train_expected_purchases,

@@ -24,7 +24,7 @@ def test_overrides_are_typed_and_nested() -> None:
     config = with_experiment(Config(), parse_overrides(["models.trials=3", "seed=7", "models.purchase_horizons=[7, 30, 90]"]))
     assert config.models.trials == 3 and config.seed == 7 and config.models.purchase_horizons == (7, 30, 90)
     assert config.models.timeout_seconds == Config().models.timeout_seconds  # untouched keys keep their value
-    assert with_experiment(Config(), parse_overrides(["models.shap_plots=false"])).models.shap_plots is False
+    assert with_experiment(Config(), parse_overrides(["models.plots=false"])).models.plots is False
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ def test_overrides_are_typed_and_nested() -> None:
         ("models.trials=many", "'models.trials' expects int"),
         ("models.trials=2.5", "'models.trials' expects int"),
         ("models.trials=true", "'models.trials' expects int"),
-        ("models.shap_plots=1", "'models.shap_plots' expects bool"),
+        ("models.plots=1", "'models.plots' expects bool"),
         ("budget.trials=2", "unknown config section(s) ['budget']"),
         ("models.purchase_horizons=[7, 30]", "must be increasing and hold [7, 30, 90]"),
         ("trials", "is not KEY=VALUE"),

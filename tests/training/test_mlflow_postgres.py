@@ -57,7 +57,7 @@ def test_runs_registry_and_gate_live_in_postgres(trained, postgres_tracking_uri:
         experiment = tracking.experiment(client, production, "clv")
         example = _example(config, model)
         with mlflow.start_run(experiment_id=experiment, run_name="postgres-profile"):
-            uri = tracking.log_model(model, "clv", example)
+            uri = tracking.log_model(model, "clv", example).model_uri
             first = tracking.register_and_gate(client, "clv", uri, "normalized_gini", 0.80, None, True, 0.002)
             worse = tracking.register_and_gate(client, "clv", uri, "normalized_gini", 0.70, 0.80, True, 0.002)
         assert first.promoted and not worse.promoted

@@ -32,7 +32,7 @@ def test_logging_a_model_drops_only_the_unactionable_warnings(tmp_path: Path, ca
         with caplog.at_level(logging.WARNING, logger="mlflow"), mlflow.start_run(
             experiment_id=tracking.experiment(client, config, "quiet")
         ):
-            uri = tracking.log_model(Constant(), "quiet", pd.DataFrame({"x": [1.0, 2.0, 3.0]}))
+            uri = tracking.log_model(Constant(), "quiet", pd.DataFrame({"x": [1.0, 2.0, 3.0]})).model_uri
             logging.getLogger("mlflow.pyfunc").warning("%s: a warning given after the call", UNACTIONABLE[0])
     finally:
         mlflow_logger.removeHandler(caplog.handler)
