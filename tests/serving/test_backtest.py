@@ -98,6 +98,18 @@ def test_nothing_after_the_cutoff_is_imported(log: pd.DataFrame, result) -> None
     assert backtest.training.data_window[1] <= CUTOFF and backtest.scored_as_of <= CUTOFF
 
 
+def test_a_backtest_in_a_temporary_directory_draws_no_plots_and_writes_no_report(result) -> None:
+    """Nobody opens what a temporary directory held; the runs keep their metrics and model cards."""
+    from training import tracking
+
+    backtest, config = result
+    assert backtest.training.report_path is None and not (config.mlflow_store / "reports").exists()
+    client = tracking.setup_tracking(config)
+    runs = [run for e in client.search_experiments() for run in client.search_runs([e.experiment_id])]
+    published = [run for run in runs if "model_card.md" in {a.path for a in client.list_artifacts(run.info.run_id)}]
+    assert published and all(not client.list_artifacts(run.info.run_id, "plots") for run in published)
+
+
 def test_bad_starts_are_clear_errors(log: pd.DataFrame, result, tmp_path: Path) -> None:
     with pytest.raises(HistoryTooShort, match="days of history"):
         run_backtest(log, datetime(2025, 2, 15, tzinfo=UTC), backtest_config(QUICK, tmp_path / "short", 90))
@@ -121,5 +133,6 @@ def test_cli_maps_columns_and_prints_what_was_served(log: pd.DataFrame, tmp_path
     )
     assert result.exit_code == 0, result.output
     assert "indicators train (" in result.output and "served" in result.output and f"kept in {work}" in result.output
+    assert (work / "mlflow" / "reports" / "latest.html").exists()  # kept: with its report (and plots)
     frame = pd.read_csv(out)
     assert list(frame.columns) == OUTPUT_COLUMNS and np.isfinite(frame.drop(columns="customer_id")).all().all()

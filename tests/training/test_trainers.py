@@ -7,9 +7,10 @@ import shutil
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 
-from training import catalogue, publish, tracking, trainers
+from training import baselines, catalogue, publish, tracking, trainers
 from training.config import Config, ModelSettings, SnapshotPlan
 from training.evaluation import best_baseline, headline_value
 from training.pipeline import prepare
@@ -71,6 +72,24 @@ def test_a_trainer_fits_and_backtests_without_mlflow(modelling_data, no_mlflow) 
     assert trained.fallback is None or trained.fallback_note is None
 
 
+def test_the_baselines_fitted_ahead_are_the_ones_fitted_in_process(modelling_data) -> None:
+    """``BtydAhead`` fits PyMC-Marketing's models in a process of its own, in the order the
+    trainers ask; what comes back is what the trainer would have fitted itself."""
+    config, data = modelling_data
+    ahead = trainers.start_btyd(data.transactions, data.plan, config.models)
+    try:
+        grid, count_horizon, revenue_horizon = trainers._learned_horizons(data.plan, config.models)
+        churn_test = data.windows[data.plan.learned_on_grid(config.models.churn_horizon_days)].test
+        fitted_ahead = ahead.predictions(churn_test)
+        in_process = baselines.btyd_predictions(data.transactions, churn_test, grid, count_horizon, revenue_horizon)
+        pd.testing.assert_frame_equal(fitted_ahead, in_process)
+        for horizon in (*grid, count_horizon, revenue_horizon):
+            assert ahead.predictions(data.windows[horizon].test) is not None
+        assert ahead.predictions(data.data_end) is None  # not a test cutoff: the caller fits it
+    finally:
+        ahead.close()
+
+
 def test_the_lookalike_trainer_offers_the_activity_baseline_beside_each_seed(modelling_data, no_mlflow) -> None:
     config, data = modelling_data
     results = trainers.train_lookalikes(config, data, lambda _: None)
@@ -93,9 +112,12 @@ def test_tracking_reports_what_the_trainer_measured(modelling_data) -> None:
         mlflow.set_experiment(experiment_id=tracking.experiment(client, config, "expected_purchases"))
         with mlflow.start_run(run_name="train-expected_purchases"):
             [report] = publish.publish(config, client, trained)
+        [model] = mlflow.search_logged_models(filter_string=f"source_run_id = '{report.run_id}'", output_format="list")
+        model_metrics = {m.key: m.value for m in model.metrics}
     finally:
         mlflow.set_tracking_uri(previous)
     assert report.model_value == headline_value(trained.evaluation.metrics, "mae")
+    assert model_metrics["expected_purchases.mae"] == pytest.approx(report.model_value)  # the model carries its metrics
     assert report.version == "1"  # the first version of an empty registry
     assert report.promoted != bool(report.served_baseline)  # promoted, or a baseline served in its place
     logged = client.get_run(report.run_id).data
