@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -50,12 +50,13 @@ def btyd_predictions(
     horizons: Sequence[int],
     count_horizon: int,
     revenue_horizon: int,
+    spend: bool = True,
 ) -> pd.DataFrame:
     """BG/NBD + Gamma-Gamma predictions for every customer with a purchase by ``cutoff``.
 
     Columns: ``p_purchase_{h}d`` and ``expected_purchases_{h}d`` for each horizon,
-    ``expected_purchases`` (in ``count_horizon``
-    days), ``expected_revenue`` (in ``revenue_horizon`` days) and ``p_alive``.
+    ``expected_purchases`` (in ``count_horizon`` days), ``p_alive`` and, unless not
+    ``spend`` (no Gamma-Gamma fit), ``expected_revenue`` (in ``revenue_horizon`` days).
     """
     import pytensor
     from pymc_marketing.clv import BetaGeoModel, GammaGammaModel
@@ -76,6 +77,8 @@ def btyd_predictions(
         out["expected_purchases"] = _flat(bgnbd.expected_purchases(data=data, future_t=count_horizon))
         revenue_purchases = _flat(bgnbd.expected_purchases(data=data, future_t=revenue_horizon))
         out["p_alive"] = _flat(bgnbd.expected_probability_alive(data=data))
+        if not spend:
+            return out
         repeaters = rfm[rfm["frequency"] > 0][["customer_id", "frequency", "monetary_value"]]
         gamma_gamma = GammaGammaModel(data=repeaters)
         gamma_gamma.fit(method="map", progressbar=False)
@@ -90,16 +93,17 @@ class BtydAhead:
     Importing PyMC-Marketing and compiling each model's graph are seconds of single-threaded
     work; started before the trainers ask, they run beside the feature retrieval and the
     learnt models' fits instead of after them. The fits are the same as in the caller's
-    process. ``close`` drops what is not started yet.
+    process; Gamma-Gamma is fitted only at the cutoffs in ``spend_at``. ``close`` drops what
+    is not started yet.
     """
 
     def __init__(self, transactions: pd.DataFrame, cutoffs: Sequence[datetime], horizons: Sequence[int],
-                 count_horizon: int, revenue_horizon: int) -> None:
+                 count_horizon: int, revenue_horizon: int, spend_at: Collection[datetime] = ()) -> None:
         log = transactions[["customer_id", "timestamp", "amount"]]  # sent once, not with every cutoff
         # spawn, not fork: a forked child would inherit the locks of DuckDB's and LightGBM's threads
         self._pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_hold_log, initargs=(log,))
         self._jobs: dict[datetime, Future] = {
-            cutoff: self._pool.submit(_predict_held, cutoff, tuple(horizons), count_horizon, revenue_horizon)
+            cutoff: self._pool.submit(_predict_held, cutoff, tuple(horizons), count_horizon, revenue_horizon, cutoff in spend_at)
             for cutoff in dict.fromkeys(cutoffs)  # in the order given: the first asked for first
         }
 
@@ -126,9 +130,9 @@ def _hold_log(log: pd.DataFrame) -> None:
     _held_log = log
 
 
-def _predict_held(cutoff: datetime, horizons: tuple[int, ...], count_horizon: int, revenue_horizon: int) -> pd.DataFrame:
+def _predict_held(cutoff: datetime, horizons: tuple[int, ...], count_horizon: int, revenue_horizon: int, spend: bool) -> pd.DataFrame:
     assert _held_log is not None, "BtydAhead's process holds the log from its start"
-    return btyd_predictions(_held_log, cutoff, horizons, count_horizon, revenue_horizon)
+    return btyd_predictions(_held_log, cutoff, horizons, count_horizon, revenue_horizon, spend)
 
 
 def pareto_nbd_predictions(

@@ -148,14 +148,16 @@ def start_btyd(transactions: pd.DataFrame, plan: HorizonPlan, settings: ModelSet
     the order the trainers ask for them (purchase timing's churn window first)."""
     grid, count_horizon, revenue_horizon = _learned_horizons(plan, settings)
     horizons = [plan.learned_on_grid(settings.churn_horizon_days), *grid, count_horizon, revenue_horizon]
-    return baselines.BtydAhead(transactions, [plan.windows[h].test for h in horizons], grid, count_horizon, revenue_horizon)
+    return baselines.BtydAhead(transactions, [plan.windows[h].test for h in horizons], grid, count_horizon, revenue_horizon,
+                               spend_at={plan.windows[revenue_horizon].test})  # only the CLV trainer reads spend
 
 
-def _btyd(data: ModelingData, config: Config, cutoff: datetime) -> pd.DataFrame:
+def _btyd(data: ModelingData, config: Config, cutoff: datetime, column: str) -> pd.DataFrame:
+    """BG/NBD (x Gamma-Gamma) at ``cutoff``, with ``column``: fitted ahead, or here."""
     key = (cutoff,)
-    if key not in data.btyd_cache:
+    if column not in data.btyd_cache.get(key, ()):
         ahead = data.btyd_ahead.predictions(cutoff) if data.btyd_ahead is not None else None
-        data.btyd_cache[key] = ahead if ahead is not None else baselines.btyd_predictions(
+        data.btyd_cache[key] = ahead if ahead is not None and column in ahead else baselines.btyd_predictions(
             data.transactions, cutoff, *_learned_horizons(data.plan, config.models))
     return data.btyd_cache[key]
 
@@ -181,11 +183,8 @@ def _baselines(
     data: ModelingData, config: Config, test: pd.DataFrame, cutoff: datetime, column: str, rfm: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Every baseline's ``column`` for the ``test`` rows at ``cutoff``, the RFM cells' given."""
-    predictions = {
-        "btyd": _aligned(test, _btyd(data, config, cutoff), column),
-        "pareto_nbd": _aligned(test, _pareto(data, config, cutoff), column),
-        "rfm": rfm,
-    }
+    pareto = _aligned(test, _pareto(data, config, cutoff), column)  # first: BG/NBD may still be fitting ahead
+    predictions = {"btyd": _aligned(test, _btyd(data, config, cutoff, column), column), "pareto_nbd": pareto, "rfm": rfm}
     oracle = _oracle(data, config, cutoff)
     if oracle is not None:
         predictions["oracle"] = _aligned(test, oracle, column)
@@ -236,9 +235,10 @@ def train_purchase_timing(config: Config, data: ModelingData, on_step: Step) -> 
     test = test[test["bought_last_365d"]].reset_index(drop=True)
     churned = (test[f"future_purchase_days_{churn_h}d"] == 0).to_numpy(float)
     fit_churned = (sets[churn_h][0][f"future_purchase_days_{churn_h}d"] == 0).to_numpy(float)
+    pareto_churn = 1 - _aligned(test, _pareto(data, config, w.test), f"p_purchase_{churn_h}d")  # while BG/NBD fits ahead
     baseline_churn = {
-        "btyd": 1 - _aligned(test, _btyd(data, config, w.test), f"p_purchase_{churn_h}d"),
-        "pareto_nbd": 1 - _aligned(test, _pareto(data, config, w.test), f"p_purchase_{churn_h}d"),
+        "btyd": 1 - _aligned(test, _btyd(data, config, w.test, f"p_purchase_{churn_h}d"), f"p_purchase_{churn_h}d"),
+        "pareto_nbd": pareto_churn,
         "rfm": baselines.RfmCells().fit(sets[churn_h][0], fit_churned).predict(test),
     }
     oracle = _oracle(data, config, w.test)

@@ -74,17 +74,20 @@ def test_a_trainer_fits_and_backtests_without_mlflow(modelling_data, no_mlflow) 
 
 def test_the_baselines_fitted_ahead_are_the_ones_fitted_in_process(modelling_data) -> None:
     """``BtydAhead`` fits PyMC-Marketing's models in a process of its own, in the order the
-    trainers ask; what comes back is what the trainer would have fitted itself."""
+    trainers ask; what comes back is what the trainer would have fitted itself, with spend
+    (Gamma-Gamma) only at the CLV trainer's test cutoff."""
     config, data = modelling_data
     ahead = trainers.start_btyd(data.transactions, data.plan, config.models)
     try:
         grid, count_horizon, revenue_horizon = trainers._learned_horizons(data.plan, config.models)
-        churn_test = data.windows[data.plan.learned_on_grid(config.models.churn_horizon_days)].test
+        churn_test, clv_test = (data.windows[h].test for h in (data.plan.learned_on_grid(config.models.churn_horizon_days), revenue_horizon))
         fitted_ahead = ahead.predictions(churn_test)
-        in_process = baselines.btyd_predictions(data.transactions, churn_test, grid, count_horizon, revenue_horizon)
+        in_process = baselines.btyd_predictions(data.transactions, churn_test, grid, count_horizon, revenue_horizon,
+                                                spend=churn_test == clv_test)
         pd.testing.assert_frame_equal(fitted_ahead, in_process)
-        for horizon in (*grid, count_horizon, revenue_horizon):
+        for horizon in (*grid, count_horizon):
             assert ahead.predictions(data.windows[horizon].test) is not None
+        assert "expected_revenue" in ahead.predictions(clv_test)
         assert ahead.predictions(data.data_end) is None  # not a test cutoff: the caller fits it
     finally:
         ahead.close()
