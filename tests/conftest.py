@@ -151,6 +151,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     return config, result
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Feast imported now, with typeguard's checks: a command a test invokes in this process
+    # would otherwise import it without them (training.features.feast_checks) for the tests after it.
+    import feast  # noqa: F401
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Order: fast unit tests first, heavy fixture users later (fails surface sooner)."""
     items.sort(key=lambda item: "feature_world" in getattr(item, "fixturenames", ()))
