@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import queue
 import warnings
 from collections.abc import Collection, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -82,8 +81,8 @@ def btyd_predictions(
         repeaters = rfm[rfm["frequency"] > 0][["customer_id", "frequency", "monetary_value"]]
         gamma_gamma = GammaGammaModel(data=repeaters)
         gamma_gamma.fit(method="map", progressbar=False)
-        spend = _flat(gamma_gamma.expected_customer_spend(data=rfm[["customer_id", "frequency", "monetary_value"]]))
-    out["expected_revenue"] = revenue_purchases * spend
+        mean_spend = _flat(gamma_gamma.expected_customer_spend(data=rfm[["customer_id", "frequency", "monetary_value"]]))
+    out["expected_revenue"] = revenue_purchases * mean_spend
     return out
 
 
@@ -93,46 +92,57 @@ class BtydAhead:
     Importing PyMC-Marketing and compiling each model's graph are seconds of single-threaded
     work; started before the trainers ask, they run beside the feature retrieval and the
     learnt models' fits instead of after them. The fits are the same as in the caller's
-    process; Gamma-Gamma is fitted only at the cutoffs in ``spend_at``. ``close`` drops what
-    is not started yet.
+    process; Gamma-Gamma is fitted only at the cutoffs in ``spend_at``. ``close`` stops the
+    process, fitting or not. As with any spawned process, a script that starts one needs an
+    ``if __name__ == "__main__":`` guard (the process imports the script's module).
     """
 
     def __init__(self, transactions: pd.DataFrame, cutoffs: Sequence[datetime], horizons: Sequence[int],
                  count_horizon: int, revenue_horizon: int, spend_at: Collection[datetime] = ()) -> None:
-        log = transactions[["customer_id", "timestamp", "amount"]]  # sent once, not with every cutoff
+        self._cutoffs = list(dict.fromkeys(cutoffs))  # in the order given: the first asked for first
+        self._fitted: dict[datetime, pd.DataFrame | Exception] = {}
         # spawn, not fork: a forked child would inherit the locks of DuckDB's and LightGBM's threads
-        self._pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_hold_log, initargs=(log,))
-        self._jobs: dict[datetime, Future] = {
-            cutoff: self._pool.submit(_predict_held, cutoff, tuple(horizons), count_horizon, revenue_horizon, cutoff in spend_at)
-            for cutoff in dict.fromkeys(cutoffs)  # in the order given: the first asked for first
-        }
+        context = multiprocessing.get_context("spawn")
+        self._results = context.Queue()
+        jobs = [(cutoff, cutoff in spend_at) for cutoff in self._cutoffs]
+        log = transactions[["customer_id", "timestamp", "amount"]]
+        self._process = context.Process(
+            target=_fit_ahead, args=(log, jobs, tuple(horizons), count_horizon, revenue_horizon, self._results), daemon=True,
+        )
+        self._process.start()
 
     def predictions(self, cutoff: datetime) -> pd.DataFrame | None:
         """The predictions at ``cutoff``, waiting for them; None if it was not given or the
         process died (the caller then fits in its own)."""
-        job = self._jobs.get(cutoff)
-        if job is None:
+        if cutoff not in self._cutoffs:
             return None
-        try:
-            return job.result()
-        except BrokenProcessPool:
-            return None
+        while cutoff not in self._fitted:
+            try:
+                fitted_at, result = self._results.get(timeout=1.0)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    logging.getLogger(__name__).warning("the process fitting BG/NBD ahead died; fitting here")
+                    return None
+                continue
+            self._fitted[fitted_at] = result
+        result = self._fitted[cutoff]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._process.terminate()  # a fit nobody will ask for is not waited for
+        self._process.join()
 
 
-_held_log: pd.DataFrame | None = None  # the log of a BtydAhead process
-
-
-def _hold_log(log: pd.DataFrame) -> None:
-    global _held_log
-    _held_log = log
-
-
-def _predict_held(cutoff: datetime, horizons: tuple[int, ...], count_horizon: int, revenue_horizon: int, spend: bool) -> pd.DataFrame:
-    assert _held_log is not None, "BtydAhead's process holds the log from its start"
-    return btyd_predictions(_held_log, cutoff, horizons, count_horizon, revenue_horizon, spend)
+def _fit_ahead(log: pd.DataFrame, jobs: list[tuple[datetime, bool]], horizons: tuple[int, ...], count_horizon: int,
+               revenue_horizon: int, results) -> None:
+    """``BtydAhead``'s process: each (cutoff, spend) job's predictions, or its error, in order."""
+    for cutoff, spend in jobs:
+        try:
+            results.put((cutoff, btyd_predictions(log, cutoff, horizons, count_horizon, revenue_horizon, spend)))
+        except Exception as error:  # raised where it is asked for, as it would be in-process
+            results.put((cutoff, error))
 
 
 def pareto_nbd_predictions(

@@ -44,6 +44,7 @@ def _before_any_command() -> None:
 
     skip_feast_type_checks()  # a command imports Feast 2.6 s faster (training.features.feast_checks)
 
+
 DataDir = Annotated[
     Path | None,
     typer.Option(

@@ -344,6 +344,10 @@ def experiment_of(config: Config) -> dict[str, Any]:
     return plain
 
 
+# Keys a config once had, under their names now: a run logged before the rename replays.
+RENAMED_KEYS = {("models", "shap_plots"): "plots"}
+
+
 def with_experiment(config: Config, experiment: dict[str, Any]) -> Config:
     """``config`` with the seed, snapshot plan and model settings of ``experiment`` (partial is fine)."""
     unknown = set(experiment) - {"seed", *EXPERIMENT_SECTIONS}
@@ -356,6 +360,7 @@ def with_experiment(config: Config, experiment: dict[str, Any]) -> Config:
         values = experiment.get(section) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"config section '{section}' must be a mapping, got {values!r}")
+        values = {RENAMED_KEYS.get((section, k), k): v for k, v in values.items()}
         types = {f.name: f.type for f in fields(kind)}
         bad = set(values) - set(types)
         if bad:

@@ -27,7 +27,6 @@ from training.labels import build_labels
 from training.publish import ModelReport, publish
 from training.report import build_report
 from training.trainers import (
-    BTYD_COMPARED,
     TRAINERS,
     ModelingData,
     Step,
@@ -45,10 +44,12 @@ class TrainingResult:
     report_path: Path | None = None  # the run's HTML report
 
 
-def prepare(config: Config, on_step: Step, timings: dict[str, float], btyd_ahead: bool = False) -> tuple[ModelingData, Any]:
+def prepare(
+    config: Config, on_step: Step, timings: dict[str, float], btyd_for: tuple[str, ...] = (),
+) -> tuple[ModelingData, Any]:
     """Snapshots at every cutoff the models need, one Feast retrieval, labels for all rows.
-    ``btyd_ahead``: start PyMC-Marketing's baseline fits now, beside the rest (``close`` the
-    data when done)."""
+    ``btyd_for``: the trainers (``TRAINERS`` keys) whose PyMC-Marketing baselines start
+    fitting now, beside the rest (``close`` the data when done)."""
     paths = config.paths
     settings = config.models
     started = time.perf_counter()
@@ -66,7 +67,7 @@ def prepare(config: Config, on_step: Step, timings: dict[str, float], btyd_ahead
         modelled = pd.Index(profile["customer_id"])
         transactions = pd.read_parquet(paths.raw_table("transactions"), columns=["customer_id", "timestamp", "amount"])
         transactions = transactions[transactions["customer_id"].isin(modelled)].reset_index(drop=True)
-        ahead = start_btyd(transactions, horizons, settings) if btyd_ahead else None
+        ahead = start_btyd(transactions, horizons, settings, btyd_for)
         if ahead is not None:
             on_failure.callback(ahead.close)
         snapshot_dates = set(config.snapshots.dates(end)) | set(horizons.cutoffs) | {end}
@@ -116,7 +117,7 @@ def run_training(
     they were (its versions stay registered, unaliased)."""
     began = datetime.now(UTC)
     timings: dict[str, float] = {}
-    data, _store = prepare(config, on_step, timings, btyd_ahead=any(key in BTYD_COMPARED for key in models))
+    data, _store = prepare(config, on_step, timings, btyd_for=models)
     try:
         client = tracking.setup_tracking(config)  # after prepare, which starts the baselines' fits
         before = tracking.champion_versions(client, [m.name for m in client.search_registered_models()])

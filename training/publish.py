@@ -64,11 +64,11 @@ def publish(config: Config, client, trained: Trained) -> list[ModelReport]:
 
 def _publish(config: Config, client, trained: Trained) -> list[ModelReport]:
     gate, metrics, fallback = trained.gate, trained.evaluation.metrics, trained.fallback
-    for study in trained.studies:
-        tracking.log_study(study)
     if trained.fallback_note:
         mlflow.set_tag("promotion.classical_refit", trained.fallback_note)
-    uri = log_run(config, gate, trained.model, trained.evaluation)
+    uri = log_run(config, gate, trained.model, trained.evaluation)  # the model first, its metrics naming it
+    for study in trained.studies:
+        tracking.log_study(study)
     champion_score = _champion_score(config, gate.name, trained)
     value = headline_value(metrics, gate.headline)
     # The baseline replaces the champion too unless the champion does as well as it.

@@ -10,7 +10,6 @@ newest) and logged as an artifact of a run in the ``training_reports`` experimen
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import json
 import shutil
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.exceptions import MlflowException
 
 from training import tracking
 from training.config import Config, experiment_yaml
@@ -50,7 +48,7 @@ def build_report(config: Config, result, started_at: datetime | None = None) -> 
     stamp = (started_at or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
     runs = list(dict.fromkeys(r.run_id for r in result.reports if r.run_id))
     with tempfile.TemporaryDirectory() as tmp:
-        sections = [_model_section(run_id, [r for r in result.reports if r.run_id == run_id], Path(tmp)) for run_id in runs]
+        sections = [_model_section(client, run_id, [r for r in result.reports if r.run_id == run_id], Path(tmp)) for run_id in runs]
     page = _page(config, result, stamp, sections)
     out_dir = reports_dir(config)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +139,7 @@ learned horizon's.</p>
 """
 
 
-def _model_section(run_id: str, reports: list, tmp: Path) -> str:
+def _model_section(client, run_id: str, reports: list, tmp: Path) -> str:
     name = reports[0].name
     metrics = reports[0].metrics
     pivot = metrics.pivot_table(index=["indicator", "metric"], columns="method", values="value", aggfunc="first")
@@ -150,9 +148,9 @@ def _model_section(run_id: str, reports: list, tmp: Path) -> str:
     ]]
     pivot.columns.name = None
     local = tmp / run_id
-    for artifact in ("plots", "promotion_decision.json"):
-        with contextlib.suppress(MlflowException, OSError):  # a run without plots (models.plots off)
-            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(local))
+    has_plots = bool(client.list_artifacts(run_id, "plots"))  # none with models.plots off
+    for artifact in ("plots", "promotion_decision.json") if has_plots else ("promotion_decision.json",):
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(local))
     decision_file = local / "promotion_decision.json"
     decision = json.loads(decision_file.read_text()) if decision_file.exists() else {}
     verdict = (

@@ -6,7 +6,7 @@ and the modelling data, testable on its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -54,7 +54,7 @@ class ModelingData:
     btyd_ahead: baselines.BtydAhead | None = None  # PyMC-Marketing's fits at the test cutoffs, under way
 
     def close(self) -> None:
-        """Stop the fits under way that no trainer asked for."""
+        """Stop the process fitting the baselines ahead (a fit nobody asked for is not waited for)."""
         if self.btyd_ahead is not None:
             self.btyd_ahead.close()
 
@@ -143,13 +143,22 @@ def _learned_horizons(plan: HorizonPlan, settings: ModelSettings) -> tuple[tuple
     return plan.learned_grid, plan.learned(settings.expected_purchases_horizon_days), plan.learned(settings.clv_horizon_days)
 
 
-def start_btyd(transactions: pd.DataFrame, plan: HorizonPlan, settings: ModelSettings) -> baselines.BtydAhead:
-    """PyMC-Marketing's baselines at every test cutoff the trainers compare at, started now, in
-    the order the trainers ask for them (purchase timing's churn window first)."""
+def start_btyd(
+    transactions: pd.DataFrame, plan: HorizonPlan, settings: ModelSettings, models: Sequence[str],
+) -> baselines.BtydAhead | None:
+    """PyMC-Marketing's baselines at every test cutoff the trainers of ``models`` compare at
+    (``TRAINERS`` keys), started now, in the order they ask; None if none of them does."""
     grid, count_horizon, revenue_horizon = _learned_horizons(plan, settings)
-    horizons = [plan.learned_on_grid(settings.churn_horizon_days), *grid, count_horizon, revenue_horizon]
-    return baselines.BtydAhead(transactions, [plan.windows[h].test for h in horizons], grid, count_horizon, revenue_horizon,
-                               spend_at={plan.windows[revenue_horizon].test})  # only the CLV trainer reads spend
+    asked_at = {  # each trainer's horizons whose test windows it compares BG/NBD on, in the order it asks
+        "purchase_timing": (plan.learned_on_grid(settings.churn_horizon_days), *grid),
+        "expected_purchases": (count_horizon,),
+        "clv": (revenue_horizon,),
+    }
+    cutoffs = [plan.windows[h].test for key in models for h in asked_at.get(key, ())]
+    if not cutoffs:
+        return None
+    spend_at = {plan.windows[revenue_horizon].test} if "clv" in models else set()  # only the CLV trainer reads spend
+    return baselines.BtydAhead(transactions, cutoffs, grid, count_horizon, revenue_horizon, spend_at)
 
 
 def _btyd(data: ModelingData, config: Config, cutoff: datetime, column: str) -> pd.DataFrame:
@@ -575,8 +584,6 @@ def audience_metrics(name: str, audiences: dict[str, pd.DataFrame]) -> pd.DataFr
 
 
 # The trainer of each catalogue model (the lookalikes share one).
-BTYD_COMPARED = ("purchase_timing", "expected_purchases", "clv")  # the trainers compared with BG/NBD
-
 TRAINERS: dict[str, Callable[[Config, ModelingData, Step], list[Trained]]] = {
     "purchase_timing": train_purchase_timing,
     "expected_purchases": train_expected_purchases,

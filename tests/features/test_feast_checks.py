@@ -29,6 +29,20 @@ def test_feast_is_imported_unchecked_only_on_the_accelerated_paths(accelerated: 
     assert run.stdout.split() == expected
 
 
+def test_every_indicators_command_skips_them_before_it_runs() -> None:
+    """The callback runs before any command (here one that only prints its help), and nothing
+    the command line imports at its start has imported Feast yet."""
+    probe = (
+        "import typeguard\nfrom typer.testing import CliRunner\nfrom serving.cli import app\n"
+        "from training.features.feast_checks import _unchecked\n"
+        "assert CliRunner().invoke(app, ['generate', '--help']).exit_code == 0\n"
+        "print(typeguard.typechecked is _unchecked)\n"
+    )
+    env = {**os.environ, "INDICATORS_FEAST_ACCELERATED": "true"}
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120, check=True)
+    assert run.stdout.split() == ["True"]
+
+
 def test_once_feast_is_imported_nothing_changes() -> None:
     import feast  # noqa: F401 - this process (pytest) imported it with its checks
 

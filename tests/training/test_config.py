@@ -25,6 +25,7 @@ def test_overrides_are_typed_and_nested() -> None:
     assert config.models.trials == 3 and config.seed == 7 and config.models.purchase_horizons == (7, 30, 90)
     assert config.models.timeout_seconds == Config().models.timeout_seconds  # untouched keys keep their value
     assert with_experiment(Config(), parse_overrides(["models.plots=false"])).models.plots is False
+    assert with_experiment(Config(), {"models": {"shap_plots": False}}).models.plots is False  # its name until 2026-12-03
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ no MLflow at all, and returns what tracking logs and gates."""
 from __future__ import annotations
 
 import shutil
+from datetime import datetime
 
 import mlflow
 import numpy as np
@@ -77,7 +78,8 @@ def test_the_baselines_fitted_ahead_are_the_ones_fitted_in_process(modelling_dat
     trainers ask; what comes back is what the trainer would have fitted itself, with spend
     (Gamma-Gamma) only at the CLV trainer's test cutoff."""
     config, data = modelling_data
-    ahead = trainers.start_btyd(data.transactions, data.plan, config.models)
+    ahead = trainers.start_btyd(data.transactions, data.plan, config.models, tuple(trainers.TRAINERS))
+    assert trainers.start_btyd(data.transactions, data.plan, config.models, ("lookalike",)) is None  # compares no BG/NBD
     try:
         grid, count_horizon, revenue_horizon = trainers._learned_horizons(data.plan, config.models)
         churn_test, clv_test = (data.windows[h].test for h in (data.plan.learned_on_grid(config.models.churn_horizon_days), revenue_horizon))
@@ -91,6 +93,29 @@ def test_the_baselines_fitted_ahead_are_the_ones_fitted_in_process(modelling_dat
         assert ahead.predictions(data.data_end) is None  # not a test cutoff: the caller fits it
     finally:
         ahead.close()
+
+
+def test_a_trainer_takes_the_baselines_fitted_ahead_and_fits_what_they_lack(modelling_data, monkeypatch) -> None:
+    config, data = modelling_data
+    cutoff = data.windows[90].test
+    ahead_frame = pd.DataFrame({"customer_id": ["C1"], "p_purchase_90d": [0.5]})  # fitted without spend
+
+    class Ahead:
+        def predictions(self, at):
+            return ahead_frame if at == cutoff else None
+
+    fitted_here: list[datetime] = []
+
+    def fit_here(transactions, at, *horizons):
+        fitted_here.append(at)
+        return ahead_frame.assign(expected_revenue=1.0)
+
+    monkeypatch.setattr(baselines, "btyd_predictions", fit_here)
+    own = trainers.ModelingData(data.rows, data.plan, data.data_start, data.data_end, data.transactions, None, btyd_ahead=Ahead())
+    assert trainers._btyd(own, config, cutoff, "p_purchase_90d") is ahead_frame and not fitted_here
+    assert "expected_revenue" in trainers._btyd(own, config, cutoff, "expected_revenue") and fitted_here == [cutoff]
+    trainers._btyd(own, config, data.data_end, "p_purchase_90d")  # not fitted ahead
+    assert fitted_here == [cutoff, data.data_end]
 
 
 def test_the_lookalike_trainer_offers_the_activity_baseline_beside_each_seed(modelling_data, no_mlflow) -> None:
@@ -111,9 +136,14 @@ def test_tracking_reports_what_the_trainer_measured(modelling_data) -> None:
     [trained] = trainers.train_expected_purchases(config, data, lambda _: None)
     previous = mlflow.get_tracking_uri()  # other tests read the global URI
     client = tracking.setup_tracking(config)
+
+    def no_history(*_args, **_kwargs):
+        raise AssertionError("a metric's history was read back: the model was logged after its metrics")
+
     try:
         mlflow.set_experiment(experiment_id=tracking.experiment(client, config, "expected_purchases"))
-        with mlflow.start_run(run_name="train-expected_purchases"):
+        with pytest.MonkeyPatch.context() as patch, mlflow.start_run(run_name="train-expected_purchases"):
+            patch.setattr(mlflow.MlflowClient, "get_metric_history", no_history)
             [report] = publish.publish(config, client, trained)
         [model] = mlflow.search_logged_models(filter_string=f"source_run_id = '{report.run_id}'", output_format="list")
         model_metrics = {m.key: m.value for m in model.metrics}

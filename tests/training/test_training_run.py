@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 
 import mlflow
 import numpy as np
@@ -162,6 +163,7 @@ def test_a_failed_run_registers_nothing(trained, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(CountModel, "fit", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         run_training(config, models=("expected_purchases",))
+    assert not multiprocessing.active_children()  # the process fitting BG/NBD ahead is stopped too
     after = {v.version for v in client.search_model_versions("name='expected_purchases'")}
     assert after == before
     assert client.get_model_version_by_alias("expected_purchases", tracking.CHAMPION).version == champion

@@ -14,15 +14,18 @@ import os
 import sys
 from typing import Any
 
+import yaml
+
 from training.config import ConfigError, feast_accelerated, with_settings_file
 
 
 def skip_feast_type_checks() -> bool:
-    """Make typeguard's ``@typechecked`` a no-op for what is imported from now on, unless Feast
-    is imported already or the accelerated paths are off. Returns whether it did."""
+    """Make typeguard's ``@typechecked`` a no-op for whatever the process imports from now on
+    (of this project's dependencies, only Feast uses it), unless Feast is imported already or
+    the accelerated paths are off. Returns whether it did."""
     try:
         accelerated = feast_accelerated(with_settings_file(os.environ))
-    except ConfigError:  # the command reports it when it reads its config
+    except (ConfigError, OSError, yaml.YAMLError):  # the command reports it when it reads its config
         return False
     if "feast" in sys.modules or not accelerated:
         return False
