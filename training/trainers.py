@@ -148,17 +148,21 @@ def start_btyd(
 ) -> baselines.BtydAhead | None:
     """PyMC-Marketing's baselines at every test cutoff the trainers of ``models`` compare at
     (``TRAINERS`` keys), started now, in the order they ask; None if none of them does."""
+    cutoffs, spend_at = btyd_cutoffs(plan, settings, models)
+    return baselines.BtydAhead(transactions, cutoffs, *_learned_horizons(plan, settings), spend_at) if cutoffs else None
+
+
+def btyd_cutoffs(plan: HorizonPlan, settings: ModelSettings, models: Sequence[str]) -> tuple[list[datetime], set[datetime]]:
+    """The test cutoffs at which the trainers of ``models`` compare BG/NBD, in the order they
+    ask (repeats kept), and those at which they read its spend (only the CLV trainer does)."""
     grid, count_horizon, revenue_horizon = _learned_horizons(plan, settings)
-    asked_at = {  # each trainer's horizons whose test windows it compares BG/NBD on, in the order it asks
+    asked_at = {
         "purchase_timing": (plan.learned_on_grid(settings.churn_horizon_days), *grid),
         "expected_purchases": (count_horizon,),
         "clv": (revenue_horizon,),
     }
     cutoffs = [plan.windows[h].test for key in models for h in asked_at.get(key, ())]
-    if not cutoffs:
-        return None
-    spend_at = {plan.windows[revenue_horizon].test} if "clv" in models else set()  # only the CLV trainer reads spend
-    return baselines.BtydAhead(transactions, cutoffs, grid, count_horizon, revenue_horizon, spend_at)
+    return cutoffs, ({plan.windows[revenue_horizon].test} if "clv" in models else set())
 
 
 def _btyd(data: ModelingData, config: Config, cutoff: datetime, column: str) -> pd.DataFrame:

@@ -74,23 +74,23 @@ def test_a_trainer_fits_and_backtests_without_mlflow(modelling_data, no_mlflow) 
 
 
 def test_the_baselines_fitted_ahead_are_the_ones_fitted_in_process(modelling_data) -> None:
-    """``BtydAhead`` fits PyMC-Marketing's models in a process of its own, in the order the
-    trainers ask; what comes back is what the trainer would have fitted itself, with spend
-    (Gamma-Gamma) only at the CLV trainer's test cutoff."""
+    """``BtydAhead`` fits PyMC-Marketing's models in a process of its own, at the cutoffs the
+    trainers being run compare at, in the order they ask; what comes back is what the trainer
+    would have fitted itself, with spend (Gamma-Gamma) only where the CLV trainer reads it."""
     config, data = modelling_data
-    ahead = trainers.start_btyd(data.transactions, data.plan, config.models, tuple(trainers.TRAINERS))
-    assert trainers.start_btyd(data.transactions, data.plan, config.models, ("lookalike",)) is None  # compares no BG/NBD
+    plan, settings = data.plan, config.models
+    grid, count_horizon, revenue_horizon = trainers._learned_horizons(plan, settings)
+    churn_test, clv_test = (data.windows[h].test for h in (plan.learned_on_grid(settings.churn_horizon_days), revenue_horizon))
+    cutoffs, spend_at = trainers.btyd_cutoffs(plan, settings, tuple(trainers.TRAINERS))
+    assert cutoffs[0] == churn_test and set(cutoffs) == {data.windows[h].test for h in (*grid, count_horizon, revenue_horizon)}
+    assert spend_at == {clv_test} and trainers.btyd_cutoffs(plan, settings, ("expected_purchases",))[1] == set()
+    assert trainers.start_btyd(data.transactions, plan, settings, ("lookalike",)) is None  # compares no BG/NBD
+
+    ahead = trainers.start_btyd(data.transactions, plan, settings, ("clv",))
     try:
-        grid, count_horizon, revenue_horizon = trainers._learned_horizons(data.plan, config.models)
-        churn_test, clv_test = (data.windows[h].test for h in (data.plan.learned_on_grid(config.models.churn_horizon_days), revenue_horizon))
-        fitted_ahead = ahead.predictions(churn_test)
-        in_process = baselines.btyd_predictions(data.transactions, churn_test, grid, count_horizon, revenue_horizon,
-                                                spend=churn_test == clv_test)
-        pd.testing.assert_frame_equal(fitted_ahead, in_process)
-        for horizon in (*grid, count_horizon):
-            assert ahead.predictions(data.windows[horizon].test) is not None
-        assert "expected_revenue" in ahead.predictions(clv_test)
-        assert ahead.predictions(data.data_end) is None  # not a test cutoff: the caller fits it
+        in_process = baselines.btyd_predictions(data.transactions, clv_test, grid, count_horizon, revenue_horizon)
+        pd.testing.assert_frame_equal(ahead.predictions(clv_test), in_process)
+        assert ahead.predictions(churn_test if churn_test != clv_test else data.data_end) is None  # not asked for: fitted in place
     finally:
         ahead.close()
 
