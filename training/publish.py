@@ -160,12 +160,11 @@ def log_run(
         tracking.log_table(frame.head(1000), f"{key}.csv")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        if config.models.plots:
-            for kind, curves in result.plots.items():
-                mlflow.log_artifact(str(PLOTS[kind](curves, out / f"{kind}.png", f"{gate.name}: {kind}")), "plots")
         sample = test.sample(min(len(test), 2000), random_state=config.seed) if len(test) else test
         x, contributions = model.explain(sample)
         if config.models.plots:
+            for kind, curves in result.plots.items():
+                mlflow.log_artifact(str(PLOTS[kind](curves, out / f"{kind}.png", f"{gate.name}: {kind}")), "plots")
             mlflow.log_artifacts(str(_shap_plots(gate, x, contributions, out, shap_plots_of)), "plots/shap")
         importance = global_importance(x, contributions)
         tracking.log_table(importance, "shap_importance.csv")
